@@ -1,0 +1,20 @@
+"""Automation policies, named once. Silver, Gold and warehouse loads follow their parents."""
+
+import dagster as dg
+
+AC = dg.AutomationCondition
+
+# Any partition whose parents changed (late data in older hours included), not while it or a parent is in
+# progress, and never past a failed blocking check. Plain eager() would only act on the newest window.
+FOLLOW_PARENTS = (AC.eager().without(AC.in_latest_time_window()) & AC.all_deps_blocking_checks_passed()).with_label(
+    "follow parents (any partition, checks passed)"
+)
+
+# A daily rollup over hourly parents: hours that never received data are normal, so missing parents don't
+# block, and a new empty day is not a reason to run.
+FOLLOW_PARENTS_ALLOW_GAPS = (
+    AC.any_deps_updated().since_last_handled()
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+    & AC.all_deps_blocking_checks_passed()
+).with_label("follow parents (any partition, gaps allowed, checks passed)")

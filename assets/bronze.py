@@ -1,0 +1,209 @@
+"""Bronze: the ingest job that moves a Kafka offset range into event-time partitions, exactly once.
+
+Bronze is an asset the ingest job reports on (one materialization per partition it touched), because
+which hours a batch of offsets lands in is only known after reading it. Exactly-once rests on the lake's
+ledger: files are named by offset range, staged, and committed by a ledger record (see resources/lake.py).
+"""
+
+
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+
+from assets import keys
+from assets.partitions import partition_key_expr, partition_start
+from assets.spec import StreamSpec
+from assets.transforms.bronze import BronzeRules, bronze_schema, parse_messages
+from resources.kafka import KafkaResource, KafkaUnavailableError
+from resources.lake import OFFSET_WIDTH, LakeResource, LedgerEntry, partition_dirname
+
+DEFAULT_MAX_RECORDS = 2_000_000
+
+
+def bronze_rules(spec: StreamSpec) -> BronzeRules:
+    return BronzeRules(
+        fields=[(f.name, f.kind) for f in spec.fields],
+        event_time_field=spec.event_time_field,
+        key_field=spec.key_field,
+        max_message_bytes=spec.max_message_bytes,
+        future_tolerance=spec.future_tolerance,
+        earliest=partition_start(spec.partitions),
+    )
+
+
+def empty_bronze(spec: StreamSpec) -> pl.DataFrame:
+    return pl.DataFrame(schema=bronze_schema(bronze_rules(spec)))
+
+
+def topic_asset(spec: StreamSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        keys.topic_key(spec),
+        description=f"Kafka topic `{spec.topic}`: {spec.description}. Watched by the `kafka_{spec.name}` sensor.",
+        group_name=keys.group(spec, "source"),
+        kinds={"kafka"},
+        metadata={"topic": spec.topic, "dead_letter_topic": spec.dead_letter_topic},
+    )
+
+
+def bronze_asset(spec: StreamSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        keys.bronze_key(spec),
+        deps=[keys.topic_key(spec)],
+        description=(
+            f"Raw {spec.name} records by event time: payload + topic/partition/offset/Kafka timestamp/ingestion "
+            f"time. Append-only, exactly once per offset. Written by the `{keys.ingest_job_name(spec)}` job."
+        ),
+        partitions_def=spec.partitions,
+        group_name=keys.group(spec, "bronze"),
+        kinds={"kafka", "parquet"},
+        owners=list(spec.owners),
+    )
+
+
+class IngestConfig(dg.Config):
+    max_records: int = DEFAULT_MAX_RECORDS  # backpressure: records per run at most
+
+
+def build_ingest_job(spec: StreamSpec) -> dg.JobDefinition:
+    rules = bronze_rules(spec)
+    pk_expr = partition_key_expr(spec.partitions, "event_time")
+
+    @dg.op(
+        name=f"consume_{spec.name}",
+        out={},
+        retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL),
+        tags={"medallion/stream": spec.name},
+    )
+    def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource):
+        with lake.stream_lock(spec.name):
+            for action in lake.recover_bronze(spec.name):
+                context.log.warning(f"recovery: {action}")
+            report(context, spec, kafka, lake, lake.unreported_entries(spec.name))
+
+            parts = kafka.partitions(spec.topic)
+            start = lake.committed_offsets(spec.name, parts)
+            now = datetime.now(timezone.utc)
+            bronze_frames, dead_frames = [], []
+            last: dict[int, int] = {}
+            for batch in kafka.read(spec.topic, start, config.max_records):
+                if batch.messages:
+                    parsed = parse_messages(batch.messages, rules, now)
+                    bronze_frames.append(parsed.bronze)
+                    dead_frames.append(parsed.dead_letter)
+                    for m in batch.messages:  # batches are in offset order per partition
+                        last[m.partition()] = m.offset()
+            if not last:
+                context.log.info(f"no new records in {spec.topic} after offsets {start}")
+                return
+
+            bronze = pl.concat(bronze_frames).with_columns(pk_expr.alias("__pk"))
+            dead = pl.concat(dead_frames)
+            staging = lake.staging_dir(spec.name, context.run_id)
+            entries = []
+            for kp, last_offset in sorted(last.items()):
+                rng = f"p{kp}-{start[kp]:0{OFFSET_WIDTH}d}-{last_offset + 1:0{OFFSET_WIDTH}d}.parquet"
+                files, counts = [], {}
+                mine = bronze.filter(pl.col("kafka_partition") == kp)
+                for (pk,), rows in mine.partition_by("__pk", as_dict=True, maintain_order=True).items():
+                    rel = f"{partition_dirname(pk)}/{rng}"
+                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    rows.drop("__pk").write_parquet(staging / rel, compression="zstd", compression_level=1)
+                    files.append(rel)
+                    counts[pk] = rows.height
+                dl = dead.filter(pl.col("kafka_partition") == kp)
+                if dl.height:
+                    rel = f"dead_letter/{rng}"
+                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                    dl.write_parquet(staging / rel, compression="zstd", compression_level=1)
+                    files.append(rel)
+                entries.append(
+                    LedgerEntry(
+                        kafka_partition=kp,
+                        start=start[kp],
+                        end=last_offset + 1,
+                        files=files,
+                        partitions=counts,
+                        dead_letter_rows=dl.height,
+                        run_id=context.run_id,
+                    )
+                )
+            lake.commit_bronze(spec.name, staging, entries)
+            context.log.info(
+                f"committed {bronze.height} bronze + {dead.height} dead-letter records: "
+                + ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in entries)
+            )
+            report(context, spec, kafka, lake, entries)
+
+    @dg.job(
+        name=keys.ingest_job_name(spec),
+        description=f"Kafka `{spec.topic}` -> {keys.bronze_key(spec).to_user_string()} (+ dead-letter), from the committed offsets to the end of the log.",
+        tags={"medallion/stream": spec.name},
+    )
+    def ingest_job():
+        ingest()
+
+    return ingest_job
+
+
+def report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, entries: list[LedgerEntry]) -> None:
+    """After a commit (or on recovery from a crash right after one): dead-letter topic, events, group offsets.
+
+    Idempotent apart from the dead-letter topic, which is at-least-once; the dead-letter table is exact.
+    """
+    if not entries:
+        return
+    dead_files = [lake.dead_letter_dir(spec.name) / f.split("/", 1)[1] for e in entries for f in e.files if f.startswith("dead_letter/")]
+    if dead_files:
+        _produce_dead_letters(kafka, spec, pl.read_parquet(dead_files))
+    by_pk: dict[str, list[LedgerEntry]] = defaultdict(list)
+    for e in entries:
+        for pk in e.partitions:
+            by_pk[pk].append(e)
+    for pk, es in sorted(by_pk.items()):
+        files = lake.bronze_files(spec.name, pk)
+        total = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=keys.bronze_key(spec),
+                partition=pk,
+                metadata={
+                    "dagster/row_count": total,
+                    "rows_added": sum(e.partitions[pk] for e in es),
+                    "offset_ranges": ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in es),
+                    "dead_letter_rows_in_batch": sum(e.dead_letter_rows for e in es),
+                    "topic": spec.topic,
+                },
+            )
+        )
+    lake.mark_reported(spec.name, entries)
+    try:
+        parts = sorted({e.kafka_partition for e in entries})
+        kafka.commit_group_offsets(f"medallion-{spec.name}", spec.topic, lake.committed_offsets(spec.name, parts))
+    except Exception as exc:  # lag display only: Bronze's ledger is the source of truth
+        context.log.warning(f"could not mirror offsets to consumer group: {exc}")
+
+
+def _produce_dead_letters(kafka: KafkaResource, spec: StreamSpec, dead: pl.DataFrame) -> None:
+    producer = kafka.producer()
+    for row in dead.iter_rows(named=True):
+        producer.produce(
+            spec.dead_letter_topic,
+            value=row["payload"],
+            key=row["kafka_key"].encode() if row["kafka_key"] is not None else None,
+            headers={
+                "error_class": row["error_class"],
+                "error": row["error"],
+                "source": f"{row['kafka_topic']}/{row['kafka_partition']}/{row['kafka_offset']}",
+            },
+        )
+        producer.poll(0)
+    remaining = producer.flush(kafka.timeout_s)
+    if remaining:
+        raise KafkaUnavailableError(f"{remaining} dead-letter records not acknowledged by {spec.dead_letter_topic}")
+
+
+def offsets_tag(offsets: dict[int, int]) -> str:
+    return json.dumps({str(k): v for k, v in sorted(offsets.items())}, separators=(",", ":"))

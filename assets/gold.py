@@ -1,0 +1,70 @@
+"""Gold: aggregates of Silver per table of the stream spec, gated by their contracts."""
+
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from assets import keys
+from assets.automation import FOLLOW_PARENTS, FOLLOW_PARENTS_ALLOW_GAPS
+from assets.bronze import empty_bronze
+from assets.contracts.gate import apply_contract
+from assets.partitions import window
+from assets.promotion import check_result, contract_check_spec, sample_markdown
+from assets.silver import derive_silver_rows
+from assets.spec import GoldTable, SilverContext, StreamSpec
+from resources.lake import LakeResource
+from resources.settings import PIPELINE_VERSION
+
+
+def silver_keys_for(spec: StreamSpec, table: GoldTable, partition_key: str) -> list[str]:
+    """The Silver partitions inside a Gold partition's time window (one for same-grain, 24 for daily over hourly)."""
+    start, end = window(table.partitions, partition_key)
+    return spec.partitions.get_partition_keys_in_time_window(dg.TimeWindow(start, end))
+
+
+def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
+    key = keys.gold_key(spec, table)
+    same_grain = table.partitions == spec.partitions
+
+    @dg.asset(
+        key=key,
+        deps=[keys.silver_key(spec)],
+        partitions_def=table.partitions,
+        automation_condition=FOLLOW_PARENTS if same_grain else FOLLOW_PARENTS_ALLOW_GAPS,
+        check_specs=[contract_check_spec(key, f"pandera {table.contract.__name__}: all rows or nothing is published.")],
+        output_required=False,
+        group_name=keys.group(spec, "gold"),
+        kinds={"polars", "parquet", "pandera"},
+        owners=list(spec.owners),
+        description=table.description,
+    )
+    def gold(context: dg.AssetExecutionContext, lake: LakeResource):
+        pk = context.partition_key
+        source_keys = silver_keys_for(spec, table, pk)
+        silver_rows = lake.read("silver", spec.name, "silver", source_keys)
+        if silver_rows is None:
+            ctx = SilverContext(pk, datetime.now(timezone.utc), PIPELINE_VERSION)
+            silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
+        rows = table.build(silver_rows)
+        verdict = apply_contract(rows, table.contract)
+        yield check_result(
+            key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
+            verdict.schema_errors, sample_markdown(verdict.failed, list(rows.columns) + ["check", "reason"]),
+        )  # fmt: skip
+        if not verdict.ok:
+            context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
+            return
+        with lake.stream_lock(spec.name, f"gold-{table.name}-{pk.replace(':', '')}"):
+            lake.publish("gold", spec.name, table.name, pk, rows, {"partition": pk, "silver_partitions": source_keys, "silver_rows": silver_rows.height})
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata={
+                "dagster/row_count": rows.height,
+                "silver_rows": silver_rows.height,
+                "silver_partitions_read": len(source_keys),
+                "path": str(lake.partition_file("gold", spec.name, table.name, pk)),
+            },
+        )
+
+    return gold

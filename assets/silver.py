@@ -1,0 +1,116 @@
+"""Silver: typed, validated, deduplicated, enriched. Re-derived from Bronze only (never from Kafka)."""
+
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+
+from assets import keys
+from assets.automation import FOLLOW_PARENTS
+from assets.bronze import empty_bronze
+from assets.contracts.gate import apply_contract
+from assets.promotion import check_result, contract_check_spec, sample_markdown
+from assets.spec import SilverContext, StreamSpec
+from resources.lake import LakeResource
+from resources.settings import PIPELINE_VERSION
+
+SAMPLE_COLUMNS = ["kafka_partition", "kafka_offset", "event_id", "check", "reason", "payload"]
+QUARANTINE_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset", "kafka_key", "event_time", "payload", "check", "reason"]
+
+
+def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
+    key = keys.silver_key(spec)
+
+    @dg.asset(
+        key=key,
+        deps=[keys.bronze_key(spec)],
+        partitions_def=spec.partitions,
+        automation_condition=FOLLOW_PARENTS,
+        check_specs=[
+            contract_check_spec(
+                key,
+                f"pandera {spec.row_contract.__name__} per row (failing rows quarantined; over "
+                f"{spec.max_failure_rate:.0%} the partition is not published) and {spec.silver_contract.__name__} "
+                "on the published frame.",
+            )
+        ],
+        output_required=False,
+        group_name=keys.group(spec, "silver"),
+        kinds={"polars", "parquet", "pandera"},
+        owners=list(spec.owners),
+        description=f"{spec.description}: typed, validated, deduplicated and enriched; quarantine beside it.",
+    )
+    def silver(context: dg.AssetExecutionContext, lake: LakeResource):
+        pk = context.partition_key
+        with lake.stream_lock(spec.name, f"silver-{pk.replace(':', '')}"):
+            bronze = lake.read_bronze(spec.name, pk)
+            if bronze is None:  # an hour without data (e.g. in a backfill range) derives to an empty partition
+                context.log.info(f"Bronze partition {pk} of {spec.name} has no data")
+                bronze = empty_bronze(spec)
+            rows = apply_contract(bronze, spec.row_contract)
+            context_rows = _context(spec, lake, pk)
+            ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION)
+            out = spec.silver_transform(rows.passed, context_rows, ctx)
+
+            quarantine = pl.concat(
+                [rows.failed.select(QUARANTINE_COLUMNS), out.rejected.select(QUARANTINE_COLUMNS)], how="vertical_relaxed"
+            )
+            lake.publish("quarantine", spec.name, "silver", pk, quarantine, {"partition": pk, "source_rows": bronze.height})
+            final = apply_contract(out.rows, spec.silver_contract)
+            failure_rate = quarantine.height / bronze.height if bronze.height else 0.0
+            passed = failure_rate <= spec.max_failure_rate and final.ok
+            counts = dict(rows.failure_counts)
+            if out.rejected.height:
+                counts["event_id_unique_content"] = out.rejected.height
+            for check, n in final.failure_counts.items():
+                counts[f"published:{check}"] = n
+            yield check_result(
+                key, passed, bronze.height, quarantine.height, counts, spec.max_failure_rate,
+                final.schema_errors, sample_markdown(quarantine if quarantine.height else final.failed, SAMPLE_COLUMNS),
+            )  # fmt: skip
+            if not passed:
+                context.log.error(
+                    f"silver {pk} NOT published: {quarantine.height}/{bronze.height} rows failed "
+                    f"({failure_rate:.2%} > {spec.max_failure_rate:.2%}) {counts}; the previous version keeps serving"
+                )
+                return
+            lake.publish(
+                "silver", spec.name, "silver", pk, out.rows,
+                {"partition": pk, "bronze_rows": bronze.height, "quarantined": quarantine.height, "pipeline_version": PIPELINE_VERSION},
+            )  # fmt: skip
+            yield dg.MaterializeResult(
+                asset_key=key,
+                metadata={
+                    "dagster/row_count": out.rows.height,
+                    "bronze_rows": bronze.height,
+                    "quarantined_rows": quarantine.height,
+                    "duplicates_dropped": out.duplicates_dropped,
+                    "anomalies": int(out.rows["is_anomaly"].sum()) if "is_anomaly" in out.rows.columns else 0,
+                    "context_rows": 0 if context_rows is None else context_rows.height,
+                    "path": str(lake.partition_file("silver", spec.name, "silver", pk)),
+                },
+            )
+
+    return silver
+
+
+def _context(spec: StreamSpec, lake: LakeResource, pk: str) -> pl.DataFrame | None:
+    """The published Silver rows of the previous partition(s): history for rolling statistics."""
+    if not spec.context_partitions:
+        return None
+    keys_before = []
+    current = pk
+    for _ in range(spec.context_partitions):
+        window = spec.partitions.time_window_for_partition_key(current)
+        prev = spec.partitions.get_prev_partition_window(window.start)
+        if prev is None:
+            break
+        current = spec.partitions.get_partition_key_for_timestamp(prev.start.timestamp())
+        keys_before.append(current)
+    return lake.read("silver", spec.name, "silver", keys_before) if keys_before else None
+
+
+def derive_silver_rows(spec: StreamSpec, bronze: pl.DataFrame, context_rows: pl.DataFrame | None, ctx: SilverContext) -> pl.DataFrame:
+    """Silver rows for a Bronze frame, without quarantine bookkeeping (used for empty-partition schemas)."""
+    return spec.silver_transform(apply_contract(bronze, spec.row_contract).passed, context_rows, ctx).rows

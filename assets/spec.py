@@ -1,0 +1,80 @@
+"""A stream is declared by one `StreamSpec`; the factories in `assets.factory` build everything else from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+import dagster as dg
+import pandera.polars as pa
+import polars as pl
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """A field of the wire format. Bronze extracts it from the JSON payload with its type checked."""
+
+    name: str
+    kind: Literal["string", "number"]
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class GoldTable:
+    """One Gold aggregate: how to build it from Silver, its contract, and its ClickHouse table."""
+
+    name: str
+    description: str
+    partitions: dg.TimeWindowPartitionsDefinition
+    build: Callable[[pl.DataFrame], pl.DataFrame]
+    contract: type[pa.DataFrameModel]
+    time_column: str  # the column ClickHouse partitions by (toYYYYMMDD)
+    columns_ddl: str  # ClickHouse column list
+    order_by: str
+
+
+@dataclass(frozen=True)
+class SilverOutput:
+    """What a stream's Silver transform returns: the rows to publish and the rows it set aside."""
+
+    rows: pl.DataFrame
+    rejected: pl.DataFrame  # same columns as the input + `check`, `reason`
+    duplicates_dropped: int
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    description: str
+    topic: str
+    kafka_partitions: int
+    fields: tuple[FieldSpec, ...]
+    event_time_field: str
+    key_field: str  # what the Kafka message key must equal
+    partitions: dg.TimeWindowPartitionsDefinition
+    row_contract: type[pa.DataFrameModel]  # row-level checks: failing rows are quarantined
+    silver_contract: type[pa.DataFrameModel]  # the published Silver frame's invariants (all-or-nothing)
+    silver_transform: Callable[[pl.DataFrame, pl.DataFrame | None, "SilverContext"], SilverOutput]
+    gold: tuple[GoldTable, ...]
+    max_failure_rate: float = 0.05  # above this share of quarantined rows, the partition is not published
+    context_partitions: int = 0  # previous Silver partitions passed to the transform as context
+    max_message_bytes: int = 64 * 1024
+    future_tolerance: timedelta = timedelta(minutes=5)
+    owners: tuple[str, ...] = ("team:data-platform",)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+@dataclass(frozen=True)
+class SilverContext:
+    partition_key: str
+    processed_at: object  # datetime
+    pipeline_version: str

@@ -1,0 +1,5 @@
+"""The streams this platform runs. Adding a stream = adding its spec to `STREAMS`."""
+
+from assets.streams.iot import IOT
+
+STREAMS = (IOT,)

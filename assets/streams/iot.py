@@ -1,0 +1,102 @@
+"""IoT sensor readings: one JSON reading per message, keyed by sensor_id, hourly partitions by event time."""
+
+from __future__ import annotations
+
+import os
+
+from assets.contracts import iot as contracts
+from assets.partitions import DAILY, HOURLY
+from assets.spec import FieldSpec, GoldTable, StreamSpec
+from assets.transforms import iot as transforms
+
+IOT = StreamSpec(
+    name="iot",
+    description="IoT sensor readings (temperature, humidity, pressure, vibration)",
+    topic=os.environ.get("MEDALLION_IOT_TOPIC", "iot.sensor-readings"),
+    kafka_partitions=3,
+    fields=(
+        FieldSpec("event_id", "string"),
+        FieldSpec("sensor_id", "string"),
+        FieldSpec("sensor_type", "string"),
+        FieldSpec("location", "string"),
+        FieldSpec("value", "number"),
+        FieldSpec("unit", "string"),
+    ),
+    event_time_field="ts",
+    key_field="sensor_id",
+    partitions=HOURLY,
+    row_contract=contracts.IotReading,
+    silver_contract=contracts.IotSilver,
+    silver_transform=transforms.silver,
+    context_partitions=1,
+    max_failure_rate=float(os.environ.get("MEDALLION_IOT_MAX_FAILURE_RATE", "0.05")),
+    gold=(
+        GoldTable(
+            name="sensor_5m",
+            description="Per sensor per 5-minute window: count, avg, min, max, stddev, p50/p95/p99, anomalies, health %",
+            partitions=HOURLY,
+            build=transforms.gold_sensor_5m,
+            contract=contracts.IotSensorWindow,
+            time_column="window_start",
+            columns_ddl="""
+                sensor_id LowCardinality(String),
+                sensor_type LowCardinality(String),
+                location LowCardinality(String),
+                window_start DateTime64(6, 'UTC') CODEC(Delta, ZSTD),
+                window_end DateTime64(6, 'UTC') CODEC(Delta, ZSTD),
+                count Int64 CODEC(T64, ZSTD),
+                avg Float64 CODEC(Gorilla, ZSTD),
+                min Float64 CODEC(Gorilla, ZSTD),
+                max Float64 CODEC(Gorilla, ZSTD),
+                stddev Nullable(Float64),
+                p50 Float64 CODEC(Gorilla, ZSTD),
+                p95 Float64 CODEC(Gorilla, ZSTD),
+                p99 Float64 CODEC(Gorilla, ZSTD),
+                anomaly_count Int64 CODEC(T64, ZSTD),
+                health_pct Float64 CODEC(Gorilla, ZSTD)""",
+            order_by="(sensor_id, window_start)",
+        ),
+        GoldTable(
+            name="location_hourly",
+            description="Per location and sensor type per hour: statistics and distinct sensors",
+            partitions=HOURLY,
+            build=transforms.gold_location_hourly,
+            contract=contracts.IotLocationHourly,
+            time_column="hour_start",
+            columns_ddl="""
+                location LowCardinality(String),
+                sensor_type LowCardinality(String),
+                hour_start DateTime64(6, 'UTC') CODEC(Delta, ZSTD),
+                count Int64,
+                avg Float64,
+                min Float64,
+                max Float64,
+                stddev Nullable(Float64),
+                p50 Float64,
+                p95 Float64,
+                p99 Float64,
+                anomaly_count Int64,
+                distinct_sensors Int64""",
+            order_by="(location, sensor_type, hour_start)",
+        ),
+        GoldTable(
+            name="type_daily",
+            description="Per sensor type per day: count, avg, min, max, stddev, anomalies, distinct sensors",
+            partitions=DAILY,
+            build=transforms.gold_type_daily,
+            contract=contracts.IotTypeDaily,
+            time_column="day",
+            columns_ddl="""
+                sensor_type LowCardinality(String),
+                day Date32,
+                count Int64,
+                avg Float64,
+                min Float64,
+                max Float64,
+                stddev Nullable(Float64),
+                anomaly_count Int64,
+                distinct_sensors Int64""",
+            order_by="(sensor_type, day)",
+        ),
+    ),
+)

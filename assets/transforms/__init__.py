@@ -1,0 +1,1 @@
+"""Plain functions over polars frames: no Dagster import, testable without an instance."""

@@ -1,0 +1,149 @@
+"""IoT readings: Silver (dedup, rolling z-score, anomaly flags, lineage) and the three Gold aggregates.
+
+The rules are DESIGN.md's, stated precisely so another engine can reproduce the same rows.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import polars as pl
+
+from assets.contracts.iot import EXPECTED_BAND, NOMINAL_INTERVAL_S
+from assets.spec import SilverContext, SilverOutput
+
+ZSCORE_WINDOW = 100  # previous readings of the same sensor
+ZSCORE_MIN_HISTORY = 10
+ZSCORE_THRESHOLD = 3.0
+CONTENT = ["sensor_id", "sensor_type", "location", "value", "unit", "event_time"]
+
+SILVER_COLUMNS = [
+    "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time", "z_score", "is_anomaly",
+    "source_topic", "source_partition", "source_offset", "ingested_at", "processed_at", "pipeline_version",
+]  # fmt: skip
+
+
+def _band(i: int) -> pl.Expr:
+    expr = pl.lit(None, pl.Float64)
+    for t, band in EXPECTED_BAND.items():
+        expr = pl.when(pl.col("sensor_type") == t).then(pl.lit(band[i])).otherwise(expr)
+    return expr
+
+
+def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext) -> SilverOutput:
+    """`valid`: Bronze rows that passed the row contract. `context`: earlier Silver rows (z-score history)."""
+    rows = valid.sort("kafka_partition", "kafka_offset")
+
+    # 1. event_id: the first by Kafka partition/offset wins; a later copy with other content is reported.
+    first = rows.group_by("event_id", maintain_order=True).first().select("event_id", *[pl.col(c).alias(f"__first_{c}") for c in CONTENT], pl.format("{}/{}", "kafka_partition", "kafka_offset").alias("__first_at"))
+    rows = rows.with_columns(pl.int_range(pl.len()).over("event_id").alias("__dup_rank")).join(first, on="event_id", how="left")
+    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"__first_{c}")) for c in CONTENT])
+    conflicting = rows.filter((pl.col("__dup_rank") > 0) & ~same)
+    exact_dups = rows.filter((pl.col("__dup_rank") > 0) & same).height
+    helper = [c for c in rows.columns if c.startswith("__")]
+    rejected = conflicting.with_columns(
+        check=pl.lit("event_id_unique_content"),
+        reason=pl.format("duplicate event_id with different content (first seen at {})", "__first_at"),
+    ).drop(helper)
+    rows = rows.filter(pl.col("__dup_rank") == 0).drop(helper)
+
+    # 2. then (sensor_id, event_time): one reading per sensor per instant.
+    before = rows.height
+    rows = rows.unique(subset=["sensor_id", "event_time"], keep="first", maintain_order=True)
+    dup_sensor_time = before - rows.height
+
+    # 3. rolling z-score against the previous readings of the same sensor (current excluded).
+    cur = rows.select(
+        "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time",
+        pl.col("kafka_topic").alias("source_topic"), pl.col("kafka_partition").cast(pl.Int64).alias("source_partition"),
+        pl.col("kafka_offset").alias("source_offset"), "ingested_at", pl.lit(False).alias("__context"),
+    )  # fmt: skip
+    parts = [cur]
+    if context is not None and context.height:
+        hist = (
+            context.sort("event_time", "source_partition", "source_offset")
+            .group_by("sensor_id", maintain_order=True)
+            .tail(ZSCORE_WINDOW)
+            .select(cur.columns[:-1])
+            .with_columns(pl.lit(True).alias("__context"))
+        )
+        parts.insert(0, hist.cast(cur.schema))
+    allrows = pl.concat(parts).sort("sensor_id", "event_time", "source_partition", "source_offset")
+    prev = pl.col("value").shift(1)
+    allrows = allrows.with_columns(
+        prev.rolling_mean(ZSCORE_WINDOW, min_samples=ZSCORE_MIN_HISTORY).over("sensor_id").alias("__mean"),
+        prev.rolling_std(ZSCORE_WINDOW, min_samples=ZSCORE_MIN_HISTORY, ddof=1).over("sensor_id").alias("__std"),
+    )
+    z = pl.when(pl.col("__std") > 0).then((pl.col("value") - pl.col("__mean")) / pl.col("__std"))
+    out = (
+        allrows.filter(~pl.col("__context"))
+        .with_columns(z.alias("z_score"))
+        .with_columns(
+            (
+                (pl.col("z_score").abs() > ZSCORE_THRESHOLD).fill_null(False)
+                | (pl.col("value") < _band(0)).fill_null(False)
+                | (pl.col("value") > _band(1)).fill_null(False)
+            ).alias("is_anomaly"),
+            pl.lit(ctx.processed_at).cast(pl.Datetime("us", "UTC")).alias("processed_at"),
+            pl.lit(ctx.pipeline_version).alias("pipeline_version"),
+        )
+        .sort("event_time", "sensor_id", "source_partition", "source_offset")
+        .select(SILVER_COLUMNS)
+    )
+    return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=exact_dups + dup_sensor_time)
+
+
+def _stats(with_percentiles: bool) -> list[pl.Expr]:
+    v = pl.col("value")
+    exprs = [
+        pl.len().cast(pl.Int64).alias("count"),
+        v.mean().alias("avg"),
+        v.min().alias("min"),
+        v.max().alias("max"),
+        v.std(ddof=1).alias("stddev"),
+    ]
+    if with_percentiles:
+        exprs += [v.quantile(q, interpolation="linear").alias(f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)]
+    exprs.append(pl.col("is_anomaly").sum().cast(pl.Int64).alias("anomaly_count"))
+    return exprs
+
+
+def gold_sensor_5m(silver_rows: pl.DataFrame) -> pl.DataFrame:
+    """Per sensor per 5-minute tumbling window [start, end)."""
+    expected = pl.lit(300.0) / pl.col("sensor_type").replace_strict(NOMINAL_INTERVAL_S, default=1.0, return_dtype=pl.Float64)
+    return (
+        silver_rows.group_by("sensor_id", "sensor_type", "location", pl.col("event_time").dt.truncate("5m").alias("window_start"))
+        .agg(_stats(True))
+        .with_columns(
+            (pl.col("window_start") + timedelta(minutes=5)).alias("window_end"),
+            pl.min_horizontal(pl.lit(100.0), pl.col("count") / expected * 100).alias("health_pct"),
+        )
+        .select(
+            "sensor_id", "sensor_type", "location", "window_start", "window_end", "count", "avg", "min", "max",
+            "stddev", "p50", "p95", "p99", "anomaly_count", "health_pct",
+        )  # fmt: skip
+        .sort("window_start", "sensor_id")
+    )
+
+
+def gold_location_hourly(silver_rows: pl.DataFrame) -> pl.DataFrame:
+    """Per location and sensor type per hour, with distinct sensors."""
+    return (
+        silver_rows.group_by("location", "sensor_type", pl.col("event_time").dt.truncate("1h").alias("hour_start"))
+        .agg(*_stats(True), pl.col("sensor_id").n_unique().cast(pl.Int64).alias("distinct_sensors"))
+        .select(
+            "location", "sensor_type", "hour_start", "count", "avg", "min", "max", "stddev", "p50", "p95", "p99",
+            "anomaly_count", "distinct_sensors",
+        )  # fmt: skip
+        .sort("hour_start", "location", "sensor_type")
+    )
+
+
+def gold_type_daily(silver_rows: pl.DataFrame) -> pl.DataFrame:
+    """Per sensor type per day."""
+    return (
+        silver_rows.group_by("sensor_type", pl.col("event_time").dt.date().alias("day"))
+        .agg(*_stats(False), pl.col("sensor_id").n_unique().cast(pl.Int64).alias("distinct_sensors"))
+        .select("sensor_type", "day", "count", "avg", "min", "max", "stddev", "anomaly_count", "distinct_sensors")
+        .sort("day", "sensor_type")
+    )

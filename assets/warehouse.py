@@ -1,0 +1,64 @@
+"""Warehouse: each Gold table loaded into ClickHouse, one whole day-partition swapped atomically per load."""
+
+
+from datetime import timedelta
+
+import dagster as dg
+
+from assets import keys
+from assets.automation import FOLLOW_PARENTS
+from assets.partitions import window
+from assets.spec import GoldTable, StreamSpec
+from resources.lake import LakeResource
+from resources.warehouse import WarehouseResource
+
+
+def table_ddl(spec: StreamSpec, table: GoldTable) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {keys.warehouse_table(spec, table)} ({table.columns_ddl.strip()}\n) "
+        f"ENGINE = MergeTree PARTITION BY toYYYYMMDD({table.time_column}) ORDER BY {table.order_by}"
+    )
+
+
+def day_gold_keys(table: GoldTable, partition_key: str) -> tuple[str, list[str]]:
+    """(ClickHouse partition id, the Gold partitions of that UTC day)."""
+    start, _ = window(table.partitions, partition_key)
+    day_start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_keys = table.partitions.get_partition_keys_in_time_window(dg.TimeWindow(day_start, day_start + timedelta(days=1)))
+    return day_start.strftime("%Y%m%d"), day_keys
+
+
+def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
+    key = keys.warehouse_key(spec, table)
+    name = keys.warehouse_table(spec, table)
+
+    @dg.asset(
+        key=key,
+        deps=[keys.gold_key(spec, table)],
+        partitions_def=table.partitions,
+        automation_condition=FOLLOW_PARENTS,
+        group_name=keys.group(spec, "warehouse"),
+        kinds={"clickhouse"},
+        owners=list(spec.owners),
+        description=f"ClickHouse table `{name}` (MergeTree, partitioned by day): {table.description}",
+        metadata={"table": name, "ddl": dg.MetadataValue.md(f"```sql\n{table_ddl(spec, table)}\n```")},
+    )
+    def load(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource):
+        day_id, gold_keys = day_gold_keys(table, context.partition_key)
+        # Read and swap under one lock: two hours of the same day loading at once must not lose either.
+        with lake.stream_lock(spec.name, f"warehouse-{name}-{day_id}"):
+            warehouse.ensure_tables([table_ddl(spec, table)])
+            rows = lake.read("gold", spec.name, table.name, gold_keys)
+            arrow = rows.to_arrow() if rows is not None else None
+            loaded = warehouse.replace_partition(name, day_id, arrow) if arrow is not None else warehouse.drop_partition(name, day_id)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": loaded,
+                "table": name,
+                "clickhouse_partition": day_id,
+                "gold_partitions_in_day": len(gold_keys),
+                "warehouse": warehouse.mode,
+            }
+        )
+
+    return load

@@ -1,0 +1,1 @@
+"""The platform's entry points: the Dagster definitions, the console script, the event simulator."""

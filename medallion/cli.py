@@ -1,0 +1,213 @@
+"""`medallion`: what a user does outside the Dagster UI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from resources.settings import REPO_ROOT, load_settings
+
+
+def _resources():
+    from resources.config import platform_resources
+
+    return platform_resources()
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, default=str))
+        return
+    print(f"produced {summary.get('produced', '-')}  consumed {summary['consumed']}  bronze {summary['bronze_rows']}  "
+          f"dead-letter {summary['dead_letter_rows']}  silver {summary['silver_rows']}  quarantined {summary['quarantined_rows']}")  # fmt: skip
+    for t, n in summary["gold_rows"].items():
+        print(f"  gold {t:<28} {n:>9}   warehouse {summary['warehouse_rows'].get(t, 0):>9}")
+    for c, ok in summary["checks"].items():
+        print(f"  check {c:<40} {'passed' if ok else 'FAILED'}")
+    print(f"reconciled: {summary['reconciled']}   elapsed {summary['elapsed_s']} s")
+
+
+def _run_pipeline(args, simulate: bool) -> int:
+    from dagster import DagsterInstance
+
+    from assets.streams import STREAMS
+    from medallion.definitions import build_definitions
+    from medallion.driver import drive
+    from medallion.simulator import SimulatorConfig, produce
+    from medallion.stack import ensure_kafka, prepare_dagster_home
+    from medallion.summary import platform_summary
+
+    began = time.monotonic()
+    settings = load_settings()
+    say = (lambda *_: None) if args.json else print
+    prepare_dagster_home(settings)
+    resources = _resources()
+    ensure_kafka(settings, STREAMS, resources["lake"], say)
+    produced = 0
+    if simulate:
+        for spec in STREAMS:
+            cfg = SimulatorConfig(events=args.events, seed=args.seed, malformed_share=args.malformed_share)
+            stats = produce(resources["kafka"].producer(), spec.topic, cfg)
+            produced += stats.produced
+            say(f"simulated {stats.produced} events into {spec.topic} ({stats.malformed} malformed, {stats.duplicates} duplicates, {stats.late} late)")
+    defs = build_definitions(STREAMS, resources)
+    with DagsterInstance.get() as instance:
+        log = drive(defs, instance, STREAMS, timeout_s=args.timeout)
+        summary = platform_summary(STREAMS, resources["lake"], resources["warehouse"], resources["kafka"], instance)
+    summary = {
+        "produced": produced,
+        **summary,
+        "ingest_runs": log.ingest_runs,
+        "automation_runs": log.automation_runs,
+        "failed_runs": log.failed_runs,
+        "elapsed_s": round(time.monotonic() - began, 2),
+    }
+    _print_summary(summary, args.json)
+    return 0 if summary["reconciled"] else 1
+
+
+def cmd_demo(args) -> int:
+    return _run_pipeline(args, simulate=True)
+
+
+def cmd_run(args) -> int:
+    return _run_pipeline(args, simulate=False)
+
+
+def cmd_sql(args) -> int:
+    table = _resources()["warehouse"].query_arrow(args.query)
+    rows = table.to_pylist()
+    if args.format == "json":
+        print(json.dumps(rows, default=str))
+    elif args.format == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(table.column_names)
+        w.writerows([r[c] for c in table.column_names] for r in rows)
+        print(buf.getvalue(), end="")
+    else:
+        cols = table.column_names
+        cells = [[str(r[c]) for c in cols] for r in rows]
+        widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join("-" * w for w in widths))
+        for x in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(x, widths)))
+    return 0
+
+
+def cmd_broker(args) -> int:
+    from resources.embedded_broker import running_broker, stop_broker
+
+    settings = load_settings()
+    if args.action == "start":
+        from assets.streams import STREAMS
+        from medallion.stack import ensure_kafka
+
+        print(ensure_kafka(settings, STREAMS, _resources()["lake"]))
+    elif args.action == "stop":
+        print("stopped" if stop_broker(settings.run_dir) else "not running")
+    else:
+        info = running_broker(settings.run_dir)
+        print(info.bootstrap if info else "not running")
+        return 0 if info else 1
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from assets.streams import STREAMS
+    from medallion.simulator import SimulatorConfig, produce
+
+    spec = next(s for s in STREAMS if s.name == args.stream)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    cfg = SimulatorConfig(events=args.events, rate=args.rate, seed=args.seed, malformed_share=args.malformed_share)
+    try:
+        stats = produce(_resources()["kafka"].producer(), spec.topic, cfg, should_stop=lambda: stop["now"])
+    except KeyboardInterrupt:
+        return 0
+    print(json.dumps(stats.__dict__))
+    return 0
+
+
+def cmd_dev(args) -> int:
+    """Embedded broker + simulator + `dagster dev` (webserver on 127.0.0.1 and the daemon, sensors running)."""
+    from assets.streams import STREAMS
+    from medallion.stack import ensure_kafka, prepare_dagster_home
+
+    settings = load_settings()
+    home = prepare_dagster_home(settings)
+    print(f"Kafka: {ensure_kafka(settings, STREAMS, _resources()['lake'])}   DAGSTER_HOME: {home}")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    bin_dir = os.path.dirname(sys.executable)
+    sim = None
+    if args.rate > 0:
+        sim = subprocess.Popen(
+            [os.path.join(bin_dir, "medallion"), "simulate", "--events", "0", "--rate", str(args.rate)], env=env
+        )
+        print(f"simulator: {args.rate} events/s into {', '.join(s.topic for s in STREAMS)}")
+    cmd = [os.path.join(bin_dir, "dagster"), "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", str(REPO_ROOT / "workspace.yaml")]
+    try:
+        return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="medallion", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def pipeline_args(sp):
+        sp.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
+        sp.add_argument("--timeout", type=float, default=1800.0, help="give up if the pipeline has not settled by then (s)")
+
+    d = sub.add_parser("demo", help="embedded broker + simulator, then sensors and automation until every layer is up to date")
+    d.add_argument("--events", type=int, required=True)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--malformed-share", type=float, default=0.005)
+    pipeline_args(d)
+    d.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("run", help="process whatever is in the configured topics, once, headless")
+    pipeline_args(r)
+    r.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("sql", help="run a query on the warehouse")
+    q.add_argument("query")
+    q.add_argument("--format", choices=["json", "csv", "table"], default="table")
+    q.set_defaults(fn=cmd_sql)
+
+    b = sub.add_parser("broker", help="the embedded Kafka broker of this MEDALLION_HOME")
+    b.add_argument("action", choices=["start", "stop", "status"])
+    b.set_defaults(fn=cmd_broker)
+
+    s = sub.add_parser("simulate", help="produce simulated events")
+    s.add_argument("--stream", default="iot")
+    s.add_argument("--events", type=int, default=10000, help="0 = until stopped")
+    s.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--malformed-share", type=float, default=0.005)
+    s.set_defaults(fn=cmd_simulate)
+
+    v = sub.add_parser("dev", help="embedded broker, simulator and `dagster dev` on 127.0.0.1")
+    v.add_argument("--port", type=int, default=3000)
+    v.add_argument("--rate", type=float, default=200.0, help="simulator events/s (0 = no simulator)")
+    v.set_defaults(fn=cmd_dev)
+
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

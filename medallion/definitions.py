@@ -1,0 +1,33 @@
+"""Everything assembled into one `Definitions`: the code location named by workspace.yaml."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.factory import build_stream
+from assets.spec import StreamSpec
+from assets.streams import STREAMS
+from resources.config import platform_resources
+from sensors.automation import automation_sensors
+from sensors.kafka_sensor import build_kafka_sensor
+
+
+def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict | None = None) -> dg.Definitions:
+    assets, jobs, sensors = [], [], []
+    for spec in streams:
+        built = build_stream(spec)
+        assets += built.assets
+        jobs.append(built.ingest_job)
+        sensors.append(build_kafka_sensor(spec, built.ingest_job))
+        sensors += automation_sensors(spec)
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        sensors=sensors,
+        resources=resources if resources is not None else platform_resources(),
+        # In-process: a run of one partition is seconds of work; a subprocess per step would triple it.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

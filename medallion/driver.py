@@ -1,0 +1,97 @@
+"""Headless orchestration: the real Kafka sensors and automation conditions decide, runs execute in process.
+
+This is what the Dagster daemon does, in one loop, so `medallion demo`/`run` and the end-to-end tests
+exercise the same decisions the UI shows, without a 5-second daemon interval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from assets.streams import STREAMS
+
+
+@dataclass
+class DriveLog:
+    ingest_runs: int = 0
+    automation_runs: int = 0
+    failed_runs: list[str] = field(default_factory=list)
+    skip_reasons: list[str] = field(default_factory=list)
+
+
+def _sensor_requests(sensor: dg.SensorDefinition, defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None, log: DriveLog):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources, definitions=defs)
+    data = sensor.evaluate_tick(ctx)
+    if data.skip_message:
+        log.skip_reasons.append(f"{sensor.name}: {data.skip_message}")
+    return data.run_requests or [], data.cursor
+
+
+def _already_ran(instance: dg.DagsterInstance, sensor_name: str, run_key: str) -> bool:
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={"dagster/sensor_name": sensor_name, "dagster/run_key": run_key}), limit=1
+    )
+    return bool(runs)
+
+
+def drive(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    streams=STREAMS,
+    timeout_s: float = 600.0,
+    settle_ticks: int = 2,
+) -> DriveLog:
+    """Tick sensors and automation until nothing is requested for `settle_ticks` rounds in a row."""
+    log = DriveLog()
+    cursors: dict[str, str | None] = {}
+    # The first evaluation only establishes the cursor (as the daemon's first tick does): updates that
+    # happen after it are what the conditions react to.
+    automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+    quiet = 0
+    deadline = time.monotonic() + timeout_s
+    asset_job = defs.get_implicit_global_asset_job_def()
+    partitions_of = {k: defs.resolve_assets_def(k).partitions_def for k in defs.resolve_asset_graph().materializable_asset_keys}
+    while quiet < settle_ticks:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pipeline did not settle within {timeout_s}s; last skip reasons: {log.skip_reasons[-3:]}")
+        launched = 0
+        for spec in streams:
+            sensor = defs.get_sensor_def(f"kafka_{spec.name}")
+            requests, cursors[sensor.name] = _sensor_requests(sensor, defs, instance, cursors.get(sensor.name), log)
+            for req in requests:
+                if _already_ran(instance, sensor.name, req.run_key):
+                    continue
+                job = defs.get_job_def(sensor.job_name)
+                tags = {**req.tags, "dagster/sensor_name": sensor.name, "dagster/run_key": req.run_key}
+                result = job.execute_in_process(run_config=req.run_config, instance=instance, tags=tags, raise_on_error=False)
+                log.ingest_runs += 1
+                launched += 1
+                if not result.success:
+                    log.failed_runs.append(f"{job.name} {result.run_id}")
+
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
+        automation_cursor = evaluation.cursor
+        # Like the daemon: one run per partition key, holding every asset requested for it (steps run in
+        # dependency order, and a failed blocking check stops the steps below it).
+        runs: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
+        for key, pdef in partitions_of.items():
+            for pk in evaluation.get_requested_partitions(key):
+                runs[(id(pdef), pk)].append(key)
+        for (_, pk), selection in sorted(runs.items(), key=lambda kv: str(kv[0][1])):
+            result = asset_job.execute_in_process(
+                instance=instance,
+                partition_key=pk,
+                asset_selection=selection,
+                tags={"dagster/from_automation_condition": "true", "medallion/driver": "headless"},
+                raise_on_error=False,
+            )
+            log.automation_runs += 1
+            launched += 1
+            if not result.success:
+                log.failed_runs.append(f"{[k.to_user_string() for k in selection]} {pk} {result.run_id}")
+        quiet = quiet + 1 if launched == 0 else 0
+    return log

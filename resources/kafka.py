@@ -1,0 +1,249 @@
+"""Kafka access for the platform: admin, producer, and reading an offset range to the end of each partition.
+
+Correctness never depends on `get_watermark_offsets`: the embedded broker (Tansu) reports the base offset of
+the last batch + 1 there, not the log end. Reads go to partition EOF, and "is there new data?" is answered
+by a fetch probe at the committed offset.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import Field
+
+from resources.embedded_broker import running_broker
+from resources.settings import load_settings
+
+
+class KafkaUnavailableError(RuntimeError):
+    """The broker did not answer within the configured timeout."""
+
+
+class OffsetsWentBackwardsError(RuntimeError):
+    """The topic's log ends before offsets we already committed: the broker lost data (e.g. restarted empty)."""
+
+
+@dataclass
+class RecordBatch:
+    """Messages from one poll, plus the partitions that reached EOF."""
+
+    messages: list
+    eof: dict[int, int]
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """Kafka cluster connection. With no bootstrap servers, the embedded broker of this checkout is used."""
+
+    bootstrap_servers: Optional[str] = Field(
+        default=None, description="host:port list; empty means the embedded Tansu broker under MEDALLION_HOME"
+    )
+    security_protocol: str = Field(default="PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
+    sasl_mechanism: Optional[str] = None
+    sasl_username: Optional[str] = None
+    sasl_password: Optional[str] = None
+    ssl_ca_location: Optional[str] = None
+    timeout_s: float = Field(default=10.0, description="how long a read may see no progress before failing")
+
+    def resolved_bootstrap(self) -> str:
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        settings = load_settings()
+        info = running_broker(settings.run_dir)
+        if info is None:
+            raise KafkaUnavailableError(
+                f"no KAFKA_BOOTSTRAP_SERVERS set and the embedded broker is not running "
+                f"(no live broker in {settings.run_dir / 'kafka.json'}); start it with `medallion broker start`"
+            )
+        return info.bootstrap
+
+    def client_config(self) -> dict:
+        conf: dict = {"bootstrap.servers": self.resolved_bootstrap(), "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+    # -- admin -------------------------------------------------------------------------------------
+    def admin(self) -> AdminClient:
+        return AdminClient(self.client_config())
+
+    def ensure_topics(self, topics: dict[str, int]) -> None:
+        admin = self.admin()
+        existing = self._list_topics(admin)
+        missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items() if name not in existing]
+        if not missing:
+            return
+        for name, fut in admin.create_topics(missing, operation_timeout=self.timeout_s).items():
+            try:
+                fut.result(timeout=self.timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+
+    def _list_topics(self, admin: AdminClient) -> dict:
+        try:
+            return admin.list_topics(timeout=self.timeout_s).topics
+        except KafkaException as exc:
+            raise KafkaUnavailableError(f"Kafka at {self.resolved_bootstrap()} did not answer: {exc}") from exc
+
+    def partitions(self, topic: str) -> list[int]:
+        topics = self._list_topics(self.admin())
+        if topic not in topics or topics[topic].error is not None:
+            raise KafkaUnavailableError(f"topic {topic!r} does not exist on {self.resolved_bootstrap()}")
+        return sorted(topics[topic].partitions)
+
+    # -- producing -----------------------------------------------------------------------------------
+    def producer(self, **overrides) -> Producer:
+        conf = {**self.client_config(), "linger.ms": 20, "batch.num.messages": 10000, "message.max.bytes": 10_000_000}
+        conf.update(overrides)
+        return Producer(conf)
+
+    # -- consuming -----------------------------------------------------------------------------------
+    def _consumer(self, group_id: str | None = None) -> Consumer:
+        return Consumer(
+            {
+                **self.client_config(),
+                "group.id": group_id or f"medallion-reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                # A start offset beyond the log end means the broker lost data; never silently reset.
+                "auto.offset.reset": "error",
+                "queued.min.messages": 500000,
+                "fetch.max.bytes": 52428800,
+                "max.partition.fetch.bytes": 10485760,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+
+    def end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        """High watermarks as the broker reports them (stale on Tansu: use for lag display only)."""
+        consumer = self._consumer()
+        try:
+            out = {}
+            for p in partitions:
+                try:
+                    _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self.timeout_s)
+                except KafkaException as exc:
+                    raise KafkaUnavailableError(f"could not read offsets of {topic}[{p}]: {exc}") from exc
+                out[p] = high
+            return out
+        finally:
+            consumer.close()
+
+    def log_ends(self, topic: str, start_offsets: dict[int, int]) -> dict[int, int]:
+        """The true end of each partition at or after `start_offsets`, found by fetching to EOF from there.
+
+        Cheap when there is little new data: it reads only the records after the start offsets.
+        """
+        ends = dict(start_offsets)
+        for batch in self.read(topic, start_offsets, max_records=None):
+            for m in batch.messages:
+                ends[m.partition()] = m.offset() + 1
+            for p, off in batch.eof.items():
+                ends[p] = max(ends[p], off)
+        return ends
+
+    def has_records_after(self, topic: str, start_offsets: dict[int, int]) -> dict[int, bool]:
+        """Fetch probe: for each partition, whether a record exists at its start offset."""
+        found = {p: False for p in start_offsets}
+        consumer = self._consumer()
+        try:
+            consumer.assign([TopicPartition(topic, p, off) for p, off in start_offsets.items()])
+            pending = set(start_offsets)
+            deadline = time.monotonic() + self.timeout_s
+            while pending:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailableError(
+                        f"no fetch response for {topic} partitions {sorted(pending)} from "
+                        f"{self.resolved_bootstrap()} within {self.timeout_s}s"
+                    )
+                for m in consumer.consume(num_messages=len(pending), timeout=0.5):
+                    p = m.partition()
+                    if p not in pending:
+                        continue
+                    err = m.error()
+                    if err is None:
+                        found[p] = True
+                        pending.discard(p)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(p)
+                    else:
+                        self._raise_for(err, topic, p, start_offsets[p])
+            return found
+        finally:
+            consumer.close()
+
+    def read(self, topic: str, start_offsets: dict[int, int], max_records: int | None) -> Iterator[RecordBatch]:
+        """Yield batches from `start_offsets` until every partition reaches EOF or `max_records` are read.
+
+        A batch never splits across the record bound: callers may rely on offsets being contiguous per partition.
+        """
+        consumer = self._consumer()
+        try:
+            consumer.assign([TopicPartition(topic, p, off) for p, off in start_offsets.items()])
+            pending = set(start_offsets)
+            remaining = max_records
+            deadline = time.monotonic() + self.timeout_s
+            while pending and (remaining is None or remaining > 0):
+                n = 20000 if remaining is None else min(20000, remaining)
+                msgs = consumer.consume(num_messages=n, timeout=0.2)
+                if not msgs:
+                    if time.monotonic() > deadline:
+                        raise KafkaUnavailableError(
+                            f"no fetch progress on {topic} partitions {sorted(pending)} from "
+                            f"{self.resolved_bootstrap()} within {self.timeout_s}s"
+                        )
+                    continue
+                deadline = time.monotonic() + self.timeout_s
+                data, eof = [], {}
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        if m.partition() in pending:
+                            data.append(m)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        eof[m.partition()] = m.offset()
+                        pending.discard(m.partition())
+                    else:
+                        self._raise_for(err, topic, m.partition(), start_offsets.get(m.partition()))
+                if remaining is not None:
+                    data = data[:remaining]
+                    remaining -= len(data)
+                yield RecordBatch(messages=data, eof=eof)
+        finally:
+            consumer.close()
+
+    def _raise_for(self, err: KafkaError, topic: str, partition: int, start: int | None) -> None:
+        if err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+            raise OffsetsWentBackwardsError(
+                f"{topic}[{partition}] has no offset {start}: the log ends before what Bronze already committed "
+                f"(broker restarted empty or retention removed it). Refusing to skip or re-read silently: {err.str()}"
+            )
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT):
+            raise KafkaUnavailableError(f"Kafka unavailable while reading {topic}[{partition}]: {err.str()}")
+        raise KafkaException(err)
+
+    def commit_group_offsets(self, group_id: str, topic: str, offsets: dict[int, int]) -> None:
+        """Mirror Bronze's committed offsets into a consumer group so standard Kafka tooling shows the lag."""
+        consumer = self._consumer(group_id)
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
+        finally:
+            consumer.close()
+
+
+def default_run_dir() -> Path:
+    return load_settings().run_dir
