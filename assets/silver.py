@@ -15,8 +15,12 @@ from assets.spec import SilverContext, StreamSpec
 from resources.lake import LakeResource
 from resources.settings import PIPELINE_VERSION
 
-SAMPLE_COLUMNS = ["kafka_partition", "kafka_offset", "event_id", "check", "reason", "payload"]
-QUARANTINE_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset", "kafka_key", "event_time", "payload", "check", "reason"]
+COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset", "kafka_key", "event_time"]
+
+
+def quarantine_columns(spec: StreamSpec) -> list[str]:
+    """Where the row came from, its typed fields, the raw payload, and why it was set aside."""
+    return COORDINATES + spec.field_names + ["payload", "check", "reason"]
 
 
 def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
@@ -53,9 +57,8 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
             ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION)
             out = spec.silver_transform(rows.passed, context_rows, ctx)
 
-            quarantine = pl.concat(
-                [rows.failed.select(QUARANTINE_COLUMNS), out.rejected.select(QUARANTINE_COLUMNS)], how="vertical_relaxed"
-            )
+            columns = quarantine_columns(spec)
+            quarantine = pl.concat([rows.failed.select(columns), out.rejected.select(columns)], how="vertical_relaxed")
             lake.publish("quarantine", spec.name, "silver", pk, quarantine, {"partition": pk, "source_rows": bronze.height})
             final = apply_contract(out.rows, spec.silver_contract)
             failure_rate = quarantine.height / bronze.height if bronze.height else 0.0
@@ -67,7 +70,10 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                 counts[f"published:{check}"] = n
             yield check_result(
                 key, passed, bronze.height, quarantine.height, counts, spec.max_failure_rate,
-                final.schema_errors, sample_markdown(quarantine if quarantine.height else final.failed, SAMPLE_COLUMNS),
+                final.schema_errors, sample_markdown(
+                    quarantine if quarantine.height else final.failed,
+                    ["kafka_partition", "kafka_offset", *spec.field_names, "check", "reason"],
+                ),
             )  # fmt: skip
             if not passed:
                 context.log.error(

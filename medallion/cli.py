@@ -81,6 +81,25 @@ def cmd_run(args) -> int:
     return _run_pipeline(args, simulate=False)
 
 
+def cmd_backfill(args) -> int:
+    """Re-derive Silver/Gold/warehouse partitions from Bronze (never from Kafka), one run per partition."""
+    from dagster import DagsterInstance
+
+    from assets.streams import STREAMS
+    from medallion.backfill import backfill
+    from medallion.definitions import build_definitions
+    from medallion.stack import prepare_dagster_home
+
+    prepare_dagster_home(load_settings())
+    defs = build_definitions(STREAMS, _resources())
+    selection = [a.strip() for a in args.assets.split(",")] if args.assets else None
+    with DagsterInstance.get() as instance:
+        runs = backfill(defs, instance, args.start, args.end, selection, say=print)
+    failed = [r for r in runs if not r.success]
+    print(f"{len(runs)} runs, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def cmd_sql(args) -> int:
     table = _resources()["warehouse"].query_arrow(args.query)
     rows = table.to_pylist()
@@ -182,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="process whatever is in the configured topics, once, headless")
     pipeline_args(r)
     r.set_defaults(fn=cmd_run)
+
+    bf = sub.add_parser("backfill", help="re-derive Silver/Gold/warehouse partitions in [start, end] from Bronze")
+    bf.add_argument("start", help="first partition key, e.g. 2026-11-20-05:00 (hourly) or 2026-11-20")
+    bf.add_argument("end", help="last partition key (inclusive)")
+    bf.add_argument("--assets", help="comma-separated asset keys (default: every Silver, Gold and warehouse asset)")
+    bf.set_defaults(fn=cmd_backfill)
 
     q = sub.add_parser("sql", help="run a query on the warehouse")
     q.add_argument("query")

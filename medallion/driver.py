@@ -53,19 +53,19 @@ def drive(
     automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
     quiet = 0
     deadline = time.monotonic() + timeout_s
-    asset_job = defs.get_implicit_global_asset_job_def()
+    asset_job = defs.resolve_implicit_global_asset_job_def()
     partitions_of = {k: defs.resolve_assets_def(k).partitions_def for k in defs.resolve_asset_graph().materializable_asset_keys}
     while quiet < settle_ticks:
         if time.monotonic() > deadline:
             raise TimeoutError(f"pipeline did not settle within {timeout_s}s; last skip reasons: {log.skip_reasons[-3:]}")
         launched = 0
         for spec in streams:
-            sensor = defs.get_sensor_def(f"kafka_{spec.name}")
+            sensor = defs.resolve_sensor_def(f"kafka_{spec.name}")
             requests, cursors[sensor.name] = _sensor_requests(sensor, defs, instance, cursors.get(sensor.name), log)
             for req in requests:
                 if _already_ran(instance, sensor.name, req.run_key):
                     continue
-                job = defs.get_job_def(sensor.job_name)
+                job = defs.resolve_job_def(sensor.job_name)
                 tags = {**req.tags, "dagster/sensor_name": sensor.name, "dagster/run_key": req.run_key}
                 result = job.execute_in_process(run_config=req.run_config, instance=instance, tags=tags, raise_on_error=False)
                 log.ingest_runs += 1

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -106,9 +105,9 @@ class KafkaResource(dg.ConfigurableResource):
         return sorted(topics[topic].partitions)
 
     # -- producing -----------------------------------------------------------------------------------
-    def producer(self, **overrides) -> Producer:
+    def producer(self, overrides: dict | None = None) -> Producer:
         conf = {**self.client_config(), "linger.ms": 20, "batch.num.messages": 10000, "message.max.bytes": 10_000_000}
-        conf.update(overrides)
+        conf.update(overrides or {})
         return Producer(conf)
 
     # -- consuming -----------------------------------------------------------------------------------
@@ -244,6 +243,3 @@ class KafkaResource(dg.ConfigurableResource):
         finally:
             consumer.close()
 
-
-def default_run_dir() -> Path:
-    return load_settings().run_dir

@@ -1,0 +1,52 @@
+"""The whole code location loads, and the UI will show the lineage, checks, partitions and sensors."""
+
+import dagster as dg
+
+from medallion.definitions import defs
+
+A = dg.AssetKey
+
+
+def test_definitions_load_and_validate():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_lineage_topic_to_warehouse():
+    graph = defs.resolve_asset_graph()
+    assert graph.get(A("bronze_iot")).parent_keys == {A("topic_iot")}
+    assert graph.get(A("silver_iot")).parent_keys == {A("bronze_iot")}
+    for table in ("sensor_5m", "location_hourly", "type_daily"):
+        assert graph.get(A(f"gold_iot_{table}")).parent_keys == {A("silver_iot")}
+        assert graph.get(A(f"warehouse_iot_{table}")).parent_keys == {A(f"gold_iot_{table}")}
+
+
+def test_blocking_contract_checks_attached_to_silver_and_gold():
+    graph = defs.resolve_asset_graph()
+    for key in ("silver_iot", "gold_iot_sensor_5m", "gold_iot_location_hourly", "gold_iot_type_daily"):
+        check_keys = graph.get(A(key)).check_keys
+        assert dg.AssetCheckKey(A(key), "contract") in check_keys
+        spec = defs.resolve_assets_def(A(key)).get_spec_for_check_key(dg.AssetCheckKey(A(key), "contract"))
+        assert spec.blocking
+
+
+def test_partitions_hourly_by_event_time_and_daily_rollup():
+    for key in ("bronze_iot", "silver_iot", "gold_iot_sensor_5m", "warehouse_iot_sensor_5m"):
+        assert isinstance(defs.resolve_asset_graph().get(A(key)).partitions_def, dg.HourlyPartitionsDefinition)
+    assert isinstance(defs.resolve_asset_graph().get(A("gold_iot_type_daily")).partitions_def, dg.DailyPartitionsDefinition)
+
+
+def test_sensors_run_by_default():
+    names = {s.name: s for s in defs.sensors}
+    assert set(names) == {"kafka_iot", "automation_iot_silver", "automation_iot_gold", "automation_iot_warehouse"}
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in names.values())
+    assert names["kafka_iot"].job_name == "ingest_iot"
+
+
+def test_every_automated_asset_is_covered_by_a_layer_sensor():
+    graph = defs.resolve_asset_graph()
+    automated = {k for k in graph.materializable_asset_keys if graph.get(k).automation_condition is not None}
+    covered = set()
+    for s in defs.sensors:
+        if isinstance(s, dg.AutomationConditionSensorDefinition):
+            covered |= s.asset_selection.resolve(graph)
+    assert automated and automated <= covered
