@@ -15,6 +15,27 @@ import time
 from resources.settings import REPO_ROOT, load_settings
 
 
+def simulator_config(args, **kwargs):
+    from medallion.simulator import SimulatorConfig
+
+    return SimulatorConfig(
+        seed=args.seed,
+        malformed_share=args.malformed_share,
+        duplicate_share=args.duplicate_share,
+        late_share=args.late_share,
+        anomaly_share=args.anomaly_share,
+        **kwargs,
+    )
+
+
+def _simulator_args(sp) -> None:
+    sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--malformed-share", type=float, default=0.005, help="share of malformed messages")
+    sp.add_argument("--duplicate-share", type=float, default=0.01, help="share of producer-retry duplicates")
+    sp.add_argument("--late-share", type=float, default=0.01, help="share of events 1-6 hours late")
+    sp.add_argument("--anomaly-share", type=float, default=0.02, help="share of anomalous readings")
+
+
 def _resources():
     from resources.config import platform_resources
 
@@ -40,7 +61,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     from assets.streams import STREAMS
     from medallion.definitions import build_definitions
     from medallion.driver import drive
-    from medallion.simulator import SimulatorConfig, produce
+    from medallion.simulator import produce
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from medallion.summary import platform_summary
 
@@ -53,7 +74,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     produced = 0
     if simulate:
         for spec in STREAMS:
-            cfg = SimulatorConfig(events=args.events, seed=args.seed, malformed_share=args.malformed_share)
+            cfg = simulator_config(args, events=args.events)
             stats = produce(resources["kafka"].producer(), spec.topic, cfg)
             produced += stats.produced
             say(f"simulated {stats.produced} events into {spec.topic} ({stats.malformed} malformed, {stats.duplicates} duplicates, {stats.late} late)")
@@ -142,12 +163,12 @@ def cmd_broker(args) -> int:
 
 def cmd_simulate(args) -> int:
     from assets.streams import STREAMS
-    from medallion.simulator import SimulatorConfig, produce
+    from medallion.simulator import produce
 
     spec = next(s for s in STREAMS if s.name == args.stream)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    cfg = SimulatorConfig(events=args.events, rate=args.rate, seed=args.seed, malformed_share=args.malformed_share)
+    cfg = simulator_config(args, events=args.events, rate=args.rate)
     try:
         stats = produce(_resources()["kafka"].producer(), spec.topic, cfg, should_stop=lambda: stop["now"])
     except KeyboardInterrupt:
@@ -193,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("demo", help="embedded broker + simulator, then sensors and automation until every layer is up to date")
     d.add_argument("--events", type=int, required=True)
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--malformed-share", type=float, default=0.005)
+    _simulator_args(d)
     pipeline_args(d)
     d.set_defaults(fn=cmd_demo)
 
@@ -221,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--stream", default="iot")
     s.add_argument("--events", type=int, default=10000, help="0 = until stopped")
     s.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
-    s.add_argument("--seed", type=int, default=7)
-    s.add_argument("--malformed-share", type=float, default=0.005)
+    _simulator_args(s)
     s.set_defaults(fn=cmd_simulate)
 
     v = sub.add_parser("dev", help="embedded broker, simulator and `dagster dev` on 127.0.0.1")

@@ -145,7 +145,7 @@ def produce(producer, topic: str, cfg: SimulatorConfig, should_stop=lambda: Fals
                 break
             except BufferError:  # local queue full: let the producer drain
                 producer.poll(0.05)
-        if n % 5000 == 0:
+        if n % 5000 == 0 or cfg.rate > 0:  # paced: look for a stop request every event
             producer.poll(0)
             if should_stop():
                 break
