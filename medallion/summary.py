@@ -14,12 +14,11 @@ from resources.warehouse import WarehouseResource
 
 def latest_check_results(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> dict[str | None, bool]:
     """Latest outcome per partition of one asset check."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as S
-
     latest: dict[str | None, bool] = {}
     for rec in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=100_000):
-        if rec.status in (S.SUCCEEDED, S.FAILED) and rec.partition not in latest:
-            latest[rec.partition] = rec.status == S.SUCCEEDED
+        status = rec.status.value  # PLANNED / SKIPPED evaluations say nothing about the data
+        if status in ("SUCCEEDED", "FAILED") and rec.partition not in latest:
+            latest[rec.partition] = status == "SUCCEEDED"
     return latest
 
 

@@ -18,7 +18,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -63,7 +63,6 @@ class LedgerEntry:
     partitions: dict[str, int]  # Bronze partition key -> rows
     dead_letter_rows: int
     run_id: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -99,70 +99,52 @@ class IotSilver(pa.DataFrameModel):
         strict = True
 
 
-class IotSensorWindow(pa.DataFrameModel):
+class _Stats(pa.DataFrameModel):
+    """Statistics every Gold table carries: they must be internally consistent."""
+
+    count: int = pa.Field(gt=0)
+    avg: float
+    min: float
+    max: float
+    stddev: float = pa.Field(nullable=True, ge=0)
+    anomaly_count: int = pa.Field(ge=0)
+
+    @pa.dataframe_check(name="min_le_avg_le_max")
+    def min_le_avg_le_max(cls, data) -> pl.LazyFrame:
+        eps = 1e-9
+        return data.lazyframe.select((pl.col("min") <= pl.col("avg") + eps) & (pl.col("avg") <= pl.col("max") + eps))
+
+    class Config:
+        strict = True
+
+
+class _PercentileStats(_Stats):
+    p50: float
+    p95: float
+    p99: float
+
+    @pa.dataframe_check(name="percentiles_ordered")
+    def percentiles_ordered(cls, data) -> pl.LazyFrame:
+        return data.lazyframe.select((pl.col("p50") <= pl.col("p95")) & (pl.col("p95") <= pl.col("p99")))
+
+
+class IotSensorWindow(_PercentileStats):
     sensor_id: str = pa.Field(nullable=False)
     sensor_type: str
     location: str
     window_start: UtcTime
     window_end: UtcTime
-    count: int = pa.Field(gt=0)
-    avg: float
-    min: float
-    max: float
-    stddev: float = pa.Field(nullable=True, ge=0)
-    p50: float
-    p95: float
-    p99: float
-    anomaly_count: int = pa.Field(ge=0)
     health_pct: float = pa.Field(ge=0, le=100)
 
-    @pa.dataframe_check(name="min_le_avg_le_max")
-    def ordered(cls, data) -> pl.LazyFrame:
-        eps = 1e-9
-        return data.lazyframe.select((pl.col("min") <= pl.col("avg") + eps) & (pl.col("avg") <= pl.col("max") + eps))
 
-    @pa.dataframe_check(name="percentiles_ordered")
-    def pct(cls, data) -> pl.LazyFrame:
-        return data.lazyframe.select((pl.col("p50") <= pl.col("p95")) & (pl.col("p95") <= pl.col("p99")))
-
-    class Config:
-        strict = True
-
-
-class IotLocationHourly(pa.DataFrameModel):
+class IotLocationHourly(_PercentileStats):
     location: str
     sensor_type: str
     hour_start: UtcTime
-    count: int = pa.Field(gt=0)
-    avg: float
-    min: float
-    max: float
-    stddev: float = pa.Field(nullable=True, ge=0)
-    p50: float
-    p95: float
-    p99: float
-    anomaly_count: int = pa.Field(ge=0)
     distinct_sensors: int = pa.Field(gt=0)
 
-    @pa.dataframe_check(name="min_le_avg_le_max")
-    def ordered(cls, data) -> pl.LazyFrame:
-        eps = 1e-9
-        return data.lazyframe.select((pl.col("min") <= pl.col("avg") + eps) & (pl.col("avg") <= pl.col("max") + eps))
 
-    class Config:
-        strict = True
-
-
-class IotTypeDaily(pa.DataFrameModel):
+class IotTypeDaily(_Stats):
     sensor_type: str
     day: pl.Date
-    count: int = pa.Field(gt=0)
-    avg: float
-    min: float
-    max: float
-    stddev: float = pa.Field(nullable=True, ge=0)
-    anomaly_count: int = pa.Field(ge=0)
     distinct_sensors: int = pa.Field(gt=0)
-
-    class Config:
-        strict = True

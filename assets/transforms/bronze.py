@@ -36,7 +36,6 @@ class BronzeRules:
     max_message_bytes: int
     future_tolerance: timedelta
     earliest: datetime  # start of the first partition
-    hour_granularity: bool = True
 
 
 def parse_event_time(raw) -> datetime:
