@@ -17,6 +17,7 @@ from assets import keys
 from assets.partitions import partition_key_expr, partition_start
 from assets.spec import StreamSpec
 from assets.transforms.bronze import BronzeRules, bronze_schema, parse_messages
+from resources.faults import failpoint
 from resources.kafka import KafkaResource, KafkaUnavailableError
 from resources.lake import OFFSET_WIDTH, LakeResource, LedgerEntry, partition_dirname
 
@@ -78,10 +79,11 @@ def build_ingest_job(spec: StreamSpec) -> dg.JobDefinition:
         tags={"medallion/stream": spec.name},
     )
     def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource):
-        with lake.stream_lock(spec.name):
+        with lake.stream_lock(spec.name, holder=context.run_id):
             for action in lake.recover_bronze(spec.name):
                 context.log.warning(f"recovery: {action}")
             report(context, spec, kafka, lake, lake.unreported_entries(spec.name))
+            failpoint("ingest.after_recover")
 
             parts = kafka.partitions(spec.topic)
             start = lake.committed_offsets(spec.name, parts)
@@ -98,6 +100,7 @@ def build_ingest_job(spec: StreamSpec) -> dg.JobDefinition:
             if not last:
                 context.log.info(f"no new records in {spec.topic} after offsets {start}")
                 return
+            failpoint("ingest.after_read")
 
             bronze = pl.concat(bronze_frames).with_columns(pk_expr.alias("__pk"))
             dead = pl.concat(dead_frames)
@@ -113,6 +116,7 @@ def build_ingest_job(spec: StreamSpec) -> dg.JobDefinition:
                     rows.drop("__pk").write_parquet(staging / rel, compression="zstd", compression_level=1)
                     files.append(rel)
                     counts[pk] = rows.height
+                    failpoint("ingest.mid_stage")
                 dl = dead.filter(pl.col("kafka_partition") == kp)
                 if dl.height:
                     rel = f"dead_letter/{rng}"
@@ -130,7 +134,9 @@ def build_ingest_job(spec: StreamSpec) -> dg.JobDefinition:
                         run_id=context.run_id,
                     )
                 )
+            failpoint("ingest.after_stage")
             lake.commit_bronze(spec.name, staging, entries)
+            failpoint("ingest.after_commit")
             context.log.info(
                 f"committed {bronze.height} bronze + {dead.height} dead-letter records: "
                 + ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in entries)
@@ -158,6 +164,7 @@ def report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, 
     dead_files = [lake.dead_letter_dir(spec.name) / f.split("/", 1)[1] for e in entries for f in e.files if f.startswith("dead_letter/")]
     if dead_files:
         _produce_dead_letters(kafka, spec, pl.read_parquet(dead_files))
+        failpoint("report.after_dead_letter_topic")
     by_pk: dict[str, list[LedgerEntry]] = defaultdict(list)
     for e in entries:
         for pk in e.partitions:
@@ -178,7 +185,10 @@ def report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, 
                 },
             )
         )
+        failpoint("report.mid_events")
+    failpoint("report.after_events")
     lake.mark_reported(spec.name, entries)
+    failpoint("report.after_mark_reported")
     try:
         parts = sorted({e.kafka_partition for e in entries})
         kafka.commit_group_offsets(f"medallion-{spec.name}", spec.topic, lake.committed_offsets(spec.name, parts))

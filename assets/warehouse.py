@@ -49,8 +49,7 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
         with lake.stream_lock(spec.name, f"warehouse-{name}-{day_id}"):
             warehouse.ensure_tables([table_ddl(spec, table)])
             rows = lake.read("gold", spec.name, table.name, gold_keys)
-            arrow = rows.to_arrow() if rows is not None else None
-            loaded = warehouse.replace_partition(name, day_id, arrow) if arrow is not None else warehouse.drop_partition(name, day_id)
+            loaded = warehouse.replace_partition(name, day_id, rows.to_arrow()) if rows is not None else warehouse.drop_partition(name, day_id)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": loaded,

@@ -25,6 +25,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from resources.faults import failpoint
 from resources.settings import load_settings
 
 OFFSET_WIDTH = 15
@@ -45,10 +46,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
+def atomic_write_parquet(path: Path, df: pl.DataFrame, before_replace=lambda: None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     df.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
+    before_replace()
     os.replace(tmp, path)
 
 
@@ -87,7 +89,8 @@ class LakeResource(dg.ConfigurableResource):
 
     def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict) -> Path:
         target = self.partition_file(layer, stream, table, partition_key)
-        atomic_write_parquet(target, df)
+        atomic_write_parquet(target, df, before_replace=lambda: failpoint(f"publish.{layer}.before_replace"))
+        failpoint(f"publish.{layer}.before_manifest")
         manifest = {**manifest, "rows": df.height, "schema": {k: str(v) for k, v in df.schema.items()}}
         atomic_write_bytes(target.with_name("_manifest.json"), json.dumps(manifest, indent=1, default=str).encode())
         return target
@@ -166,15 +169,45 @@ class LakeResource(dg.ConfigurableResource):
             ends[e.kafka_partition] = max(ends.get(e.kafka_partition, 0), e.end)
         return ends
 
+    def _lock_path(self, stream: str, name: str) -> Path:
+        return self.path / "_locks" / f"{stream}.{name}.lock"
+
     @contextmanager
-    def stream_lock(self, stream: str, name: str = "ingest") -> Iterator[None]:
-        """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail."""
-        lock_path = self.path / "_locks" / f"{stream}.{name}.lock"
+    def stream_lock(self, stream: str, name: str = "ingest", holder: str = "") -> Iterator[None]:
+        """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail.
+
+        The holder (a run id) is written into the lock file, so `lock_holder` can tell a live run from a
+        run whose process died: the kernel releases a dead process's lock, the file keeps its name.
+        """
+        lock_path = self._lock_path(stream, name)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as f:
+        with open(lock_path, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
+                f.seek(0)
+                f.truncate()
+                f.write(holder)
+                f.flush()
                 yield
+            finally:
+                f.seek(0)
+                f.truncate()
+                f.flush()
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def lock_holder(self, stream: str, name: str = "ingest") -> tuple[bool, str]:
+        """(held by a live process now, the last holder recorded in the lock file)."""
+        lock_path = self._lock_path(stream, name)
+        if not lock_path.exists():
+            return False, ""
+        with open(lock_path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True, ""
+            try:
+                f.seek(0)
+                return False, f.read().strip()
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -192,6 +225,8 @@ class LakeResource(dg.ConfigurableResource):
                 self.ledger_dir(stream) / f"p{e.kafka_partition}" / e.name,
                 json.dumps(e.__dict__, sort_keys=True).encode(),
             )
+            failpoint("bronze.mid_ledger")
+        failpoint("bronze.after_ledger")
         self._roll_forward(stream, staging, entries)
 
     def _roll_forward(self, stream: str, staging: Path, entries: list[LedgerEntry]) -> None:
@@ -201,6 +236,7 @@ class LakeResource(dg.ConfigurableResource):
                 if src.exists():
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(src, dst)
+                    failpoint("bronze.mid_roll_forward")
                 elif not dst.exists():
                     raise RuntimeError(f"ledger {e.name} names {rel}, which is neither staged nor committed")
         shutil.rmtree(staging, ignore_errors=True)
@@ -230,6 +266,11 @@ class LakeResource(dg.ConfigurableResource):
                 shutil.rmtree(staging, ignore_errors=True)
                 actions.append(f"discarded uncommitted staging {staging.name} ({len(staged)} files)")
         return actions
+
+    def needs_recovery(self, stream: str) -> bool:
+        """A crashed ingest left staged files or committed ranges whose events were never logged."""
+        staging_root = self.bronze_dir(stream) / "_staging"
+        return (staging_root.exists() and any(staging_root.iterdir())) or bool(self.unreported_entries(stream))
 
     def unreported_entries(self, stream: str) -> list[LedgerEntry]:
         """Committed ranges whose materialization events may not have been logged (crash in between)."""

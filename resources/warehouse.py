@@ -7,7 +7,6 @@ chDB allows one process per database path at a time, so every open takes an excl
 from __future__ import annotations
 
 import fcntl
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from resources.faults import failpoint
 from resources.settings import load_settings
 
 
@@ -75,18 +75,20 @@ class WarehouseResource(dg.ConfigurableResource):
         """Swap one whole table partition for `data`, atomically: readers see the old or the new rows.
 
         Rows go to a scratch copy of the table first; REPLACE PARTITION then exchanges the part in one step.
+        The scratch name is fixed per partition, so a load that died half way is cleaned up by the next one
+        (loads of one partition are serialized by the caller).
         """
-        scratch = f"{table}__load_{int(time.time() * 1000)}"
+        if data.num_rows == 0:
+            return self.drop_partition(table, partition_id)
+        scratch = f"{table}__load_{partition_id}"
         with self.client() as c:
+            c.command(f"DROP TABLE IF EXISTS {scratch}")
             c.command(f"CREATE TABLE {scratch} AS {table}")
-            try:
-                if data.num_rows:
-                    c.insert_arrow(scratch, data)
-                    c.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id}' FROM {scratch}")
-                else:
-                    c.command(f"ALTER TABLE {table} DROP PARTITION ID '{partition_id}'")
-            finally:
-                c.command(f"DROP TABLE IF EXISTS {scratch}")
+            c.insert_arrow(scratch, data)
+            failpoint("warehouse.before_replace")
+            c.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id}' FROM {scratch}")
+            failpoint("warehouse.after_replace")
+            c.command(f"DROP TABLE IF EXISTS {scratch}")
         return data.num_rows
 
     def drop_partition(self, table: str, partition_id: str) -> int:

@@ -41,9 +41,7 @@ def build_kafka_sensor(spec: StreamSpec, job: dg.JobDefinition, max_records_per_
         except KafkaUnavailableError as exc:
             return dg.SkipReason(f"Kafka unavailable, cursor unchanged: {exc}")
         committed = lake.committed_offsets(spec.name, parts)
-        active = context.instance.get_runs(
-            filters=dg.RunsFilter(job_name=job.name, statuses=ACTIVE, tags={"medallion/stream": spec.name}), limit=1
-        )
+        active = _live_runs(context, job, lake, spec)
         try:
             high = kafka.end_offsets(spec.topic, parts)
             # The watermark may be stale (Tansu); where it shows no lag, probe by fetching at the committed offset.
@@ -59,7 +57,8 @@ def build_kafka_sensor(spec: StreamSpec, job: dg.JobDefinition, max_records_per_
         context.update_cursor(json.dumps({"committed": committed, "high_watermarks": high, "lag": lag}))
         if active:
             return dg.SkipReason(f"run {active[0].run_id} of {job.name} in progress; lag {lag_text} (committed {committed})")
-        if not waiting:
+        recovery = lake.needs_recovery(spec.name)
+        if not waiting and not recovery:
             return dg.SkipReason(f"no new records in {spec.topic}: lag 0 on all partitions (committed {committed})")
         tag = offsets_tag(committed)
         failed = context.instance.get_runs(
@@ -72,7 +71,31 @@ def build_kafka_sensor(spec: StreamSpec, job: dg.JobDefinition, max_records_per_
         return dg.RunRequest(
             run_key=f"{spec.name}:{tag}#{len(failed)}",
             run_config={"ops": {op_name: {"config": {"max_records": max_records_per_run}}}},
-            tags={"medallion/stream": spec.name, START_OFFSETS_TAG: tag, "medallion/lag": lag_text},
+            tags={
+                "medallion/stream": spec.name,
+                START_OFFSETS_TAG: tag,
+                "medallion/lag": lag_text,
+                **({"medallion/recovery": "true"} if recovery else {}),
+            },
         )
 
     return kafka_sensor
+
+
+def _live_runs(context: dg.SensorEvaluationContext, job: dg.JobDefinition, lake: LakeResource, spec: StreamSpec) -> list:
+    """Ingest runs still in flight. A STARTED run whose process died (SIGKILL, OOM, host loss) would block
+    ingestion forever; it held the stream lock, and the kernel released it: mark such a run failed."""
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=job.name, statuses=ACTIVE, tags={"medallion/stream": spec.name}), limit=5
+    )
+    held, last_holder = lake.lock_holder(spec.name)
+    live = []
+    for run in runs:
+        if run.status == dg.DagsterRunStatus.STARTED and not held and last_holder == run.run_id:
+            context.instance.report_run_failed(
+                run, message=f"run process died holding the {spec.name} ingest lock; its work is recovered by the next run"
+            )
+            context.log.warning(f"marked dead ingest run {run.run_id} as failed")
+            continue
+        live.append(run)
+    return live

@@ -91,3 +91,28 @@ def produce(kafka: KafkaResource, topic: str, records: list, key_field: str = "s
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
     return len(records)
+
+
+@pytest.fixture
+def shared_instance(tmp_path, monkeypatch):
+    """An instance on disk (SQLite under DAGSTER_HOME) that child processes share with the test."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as inst:
+        yield inst
+
+
+def run_child(spec, resources, broker, *args, failpoint=None, timeout=120):
+    """Run tests.fault_child in a subprocess; with a failpoint it is SIGKILLed there."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ}
+    env.pop("MEDALLION_FAILPOINT", None)
+    if failpoint:
+        env["MEDALLION_FAILPOINT"] = failpoint
+    cmd = [sys.executable, "-m", "tests.fault_child", spec.topic, resources["lake"].root, resources["warehouse"].chdb_path, broker, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

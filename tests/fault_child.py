@@ -1,0 +1,42 @@
+"""A child process that runs one platform job against a shared instance, so a failpoint can SIGKILL it.
+
+python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> ingest
+python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> assets <key,key> <partition>
+"""
+
+import dataclasses
+import sys
+
+import dagster as dg
+
+from assets.streams.iot import IOT
+from medallion.definitions import build_definitions
+from resources.kafka import KafkaResource
+from resources.lake import LakeResource
+from resources.warehouse import WarehouseResource
+
+
+def main(argv: list[str]) -> int:
+    topic, lake_root, chdb_path, bootstrap, what, *rest = argv
+    spec = dataclasses.replace(IOT, topic=topic)
+    resources = {
+        "kafka": KafkaResource(bootstrap_servers=bootstrap, timeout_s=5.0),
+        "lake": LakeResource(root=lake_root),
+        "warehouse": WarehouseResource(chdb_path=chdb_path),
+    }
+    defs = build_definitions((spec,), resources)
+    with dg.DagsterInstance.get() as instance:
+        if what == "ingest":
+            result = defs.resolve_job_def(f"ingest_{spec.name}").execute_in_process(
+                instance=instance, tags={"medallion/stream": spec.name}, raise_on_error=False
+            )
+        else:
+            keys, pk = rest
+            result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+                instance=instance, partition_key=pk, asset_selection=[dg.AssetKey(k) for k in keys.split(",")], raise_on_error=False
+            )
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
