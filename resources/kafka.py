@@ -185,6 +185,28 @@ class KafkaResource(dg.ConfigurableResource):
         finally:
             consumer.close()
 
+    def fetch_one(self, topic: str, partition: int, offset: int, timeout_s: float = 3.0):
+        """The record at `offset`, or None if the log does not hold it (ends before it, or it was removed)."""
+        consumer = self._consumer()
+        try:
+            consumer.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                for m in consumer.consume(num_messages=1, timeout=0.2):
+                    err = m.error()
+                    if err is None:
+                        return m if m.offset() == offset else None
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return None
+                    if err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                        return None
+                    self._raise_for(err, topic, partition, offset)
+            # A reachable broker that returns nothing for an offset before its end would be a broker bug;
+            # the embedded broker answers a fetch past its end exactly like this.
+            return None
+        finally:
+            consumer.close()
+
     def read(self, topic: str, start_offsets: dict[int, int], max_records: int | None) -> Iterator[RecordBatch]:
         """Yield batches from `start_offsets` until every partition reaches EOF or `max_records` are read.
 

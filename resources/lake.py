@@ -65,6 +65,7 @@ class LedgerEntry:
     partitions: dict[str, int]  # Bronze partition key -> rows
     dead_letter_rows: int
     run_id: str
+    last_record: dict | None = None  # offset, timestamp, crc32 of the last record: detects a log that changed under us
 
     @property
     def name(self) -> str:
@@ -271,6 +272,14 @@ class LakeResource(dg.ConfigurableResource):
         """A crashed ingest left staged files or committed ranges whose events were never logged."""
         staging_root = self.bronze_dir(stream) / "_staging"
         return (staging_root.exists() and any(staging_root.iterdir())) or bool(self.unreported_entries(stream))
+
+    def last_committed(self, stream: str) -> dict[int, LedgerEntry]:
+        """The latest committed range per Kafka partition."""
+        last: dict[int, LedgerEntry] = {}
+        for e in self.ledger(stream):
+            if e.kafka_partition not in last or e.end > last[e.kafka_partition].end:
+                last[e.kafka_partition] = e
+        return last
 
     def unreported_entries(self, stream: str) -> list[LedgerEntry]:
         """Committed ranges whose materialization events may not have been logged (crash in between)."""

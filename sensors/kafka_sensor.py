@@ -13,6 +13,7 @@ import dagster as dg
 from assets import keys
 from assets.bronze import DEFAULT_MAX_RECORDS, offsets_tag
 from assets.spec import StreamSpec
+from resources.continuity import verify_log_continuity
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
 from resources.lake import LakeResource
 
@@ -43,6 +44,7 @@ def build_kafka_sensor(spec: StreamSpec, job: dg.JobDefinition, max_records_per_
         committed = lake.committed_offsets(spec.name, parts)
         active = _live_runs(context, job, lake, spec)
         try:
+            verify_log_continuity(kafka, lake, spec.name, spec.topic)
             high = kafka.end_offsets(spec.topic, parts)
             # The watermark may be stale (Tansu); where it shows no lag, probe by fetching at the committed offset.
             quiet = {p: o for p, o in committed.items() if high[p] <= o}
