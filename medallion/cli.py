@@ -61,6 +61,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     from assets.streams import STREAMS
     from medallion.definitions import build_definitions
     from medallion.driver import drive
+    from medallion.bad_input import corpus, produce_corpus
     from medallion.simulator import produce
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from medallion.summary import platform_summary
@@ -78,6 +79,10 @@ def _run_pipeline(args, simulate: bool) -> int:
             stats = produce(resources["kafka"].producer(), spec.topic, cfg)
             produced += stats.produced
             say(f"simulated {stats.produced} events into {spec.topic} ({stats.malformed} malformed, {stats.duplicates} duplicates, {stats.late} late)")
+            for i in range(args.bad_input):
+                produced += produce_corpus(resources["kafka"].producer(), spec.topic, corpus(tag=f"bad{i}-{args.seed}", max_message_bytes=spec.max_message_bytes))
+            if args.bad_input:
+                say(f"mixed in the bad-input corpus {args.bad_input}x")
     defs = build_definitions(STREAMS, resources)
     with DagsterInstance.get() as instance:
         log = drive(defs, instance, STREAMS, timeout_s=args.timeout)
@@ -214,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("demo", help="embedded broker + simulator, then sensors and automation until every layer is up to date")
     d.add_argument("--events", type=int, required=True)
+    d.add_argument("--bad-input", type=int, default=0, metavar="N", help="also produce the bad-input corpus N times")
     _simulator_args(d)
     pipeline_args(d)
     d.set_defaults(fn=cmd_demo)
