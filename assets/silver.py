@@ -48,17 +48,20 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
     def silver(context: dg.AssetExecutionContext, lake: LakeResource):
         pk = context.partition_key
         with lake.stream_lock(spec.name, f"silver-{pk.replace(':', '')}"):
-            bronze = lake.read_bronze(spec.name, pk)
+            # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it
+            # only for the rows set aside.
+            bronze = lake.read_bronze(spec.name, pk, exclude=["payload"])
             if bronze is None:  # an hour without data (e.g. in a backfill range) derives to an empty partition
                 context.log.info(f"Bronze partition {pk} of {spec.name} has no data")
-                bronze = empty_bronze(spec)
+                bronze = empty_bronze(spec).drop("payload")
             rows = apply_contract(bronze, spec.row_contract)
             context_rows = _context(spec, lake, pk)
             ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION)
             out = spec.silver_transform(rows.passed, context_rows, ctx)
 
-            columns = quarantine_columns(spec)
-            quarantine = pl.concat([rows.failed.select(columns), out.rejected.select(columns)], how="vertical_relaxed")
+            columns = [c for c in quarantine_columns(spec) if c != "payload"]
+            set_aside = pl.concat([rows.failed.select(columns), out.rejected.select(columns)], how="vertical_relaxed")
+            quarantine = lake.attach_bronze_payloads(spec.name, pk, set_aside).select(quarantine_columns(spec))
             lake.publish("quarantine", spec.name, "silver", pk, quarantine, {"partition": pk, "source_rows": bronze.height})
             final = apply_contract(out.rows, spec.silver_contract)
             failure_rate = quarantine.height / bronze.height if bronze.height else 0.0

@@ -135,9 +135,29 @@ class LakeResource(dg.ConfigurableResource):
         d = self.bronze_dir(stream) / partition_dirname(partition_key)
         return sorted(d.glob("p*.parquet")) if d.exists() else []
 
-    def read_bronze(self, stream: str, partition_key: str) -> pl.DataFrame | None:
+    def read_bronze(self, stream: str, partition_key: str, exclude: list[str] | None = None) -> pl.DataFrame | None:
         files = self.bronze_files(stream, partition_key)
-        return pl.read_parquet(files) if files else None
+        if not files:
+            return None
+        frame = pl.scan_parquet(files)
+        if exclude:
+            frame = frame.drop(exclude)
+        return frame.collect()
+
+    def attach_bronze_payloads(self, stream: str, partition_key: str, rows: pl.DataFrame) -> pl.DataFrame:
+        """`rows` (with kafka_partition/kafka_offset) plus their raw `payload`, read back from Bronze."""
+        files = self.bronze_files(stream, partition_key)
+        if not files or rows.height == 0:
+            return rows.with_columns(pl.lit(None, pl.String).alias("payload"))
+        wanted = rows.select("kafka_partition", "kafka_offset")
+        payloads = (
+            pl.scan_parquet(files)
+            .select("kafka_partition", "kafka_offset", "payload")
+            .join(wanted.lazy(), on=["kafka_partition", "kafka_offset"], how="semi")
+            .unique(subset=["kafka_partition", "kafka_offset"], keep="first")
+            .collect()
+        )
+        return rows.join(payloads, on=["kafka_partition", "kafka_offset"], how="left", maintain_order="left")
 
     def count_bronze(self, stream: str) -> int:
         files = sorted(self.bronze_dir(stream).glob("pk=*/p*.parquet"))

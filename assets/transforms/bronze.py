@@ -106,93 +106,133 @@ class ParsedBatch:
 
 
 def parse_messages(messages: Sequence, rules: BronzeRules, now: datetime) -> ParsedBatch:
-    """Split confluent-kafka messages into Bronze rows and dead-letter rows (with their reasons)."""
-    good: dict[str, list] = {k: [] for k in bronze_schema(rules)}
-    bad: dict[str, list] = {k: [] for k in DEAD_LETTER_SCHEMA}
-    latest = now + rules.future_tolerance
-    fields = list(rules.fields)
-    loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+    """Split confluent-kafka messages into Bronze rows and dead-letter rows (with their reasons).
 
-    def dead(m, raw: bytes | None, cls: str, reason: str) -> None:
-        ts_type, ts = m.timestamp()
-        key = m.key()
-        bad["kafka_topic"].append(m.topic())
-        bad["kafka_partition"].append(m.partition())
-        bad["kafka_offset"].append(m.offset())
-        bad["kafka_timestamp"].append(ts if ts_type else None)
-        bad["kafka_key"].append(key.decode("utf-8", "replace") if key is not None else None)
-        bad["payload"].append(raw)
-        bad["error_class"].append(cls)
-        bad["error"].append(reason)
-        bad["ingested_at"].append(now)
+    The hot loop does only what needs Python per record (decode, JSON, event time, field types); the
+    Kafka coordinates are gathered afterwards in bulk.
+    """
+    latest = now + rules.future_tolerance
+    earliest = rules.earliest
+    limit = rules.max_message_bytes
+    ts_field = rules.event_time_field
+    fields = list(rules.fields)
+    numbers = [name for name, kind in fields if kind == "number"]
+    loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+    number_types = (int, float)
+
+    good_msgs: list = []
+    texts: list[str] = []
+    times: list[datetime] = []
+    columns: dict[str, list] = {name: [] for name, _ in fields}
+    field_columns = [(name, kind, columns[name]) for name, kind in fields]
+    issues_col: list = []
+    dead_rows: list[tuple] = []  # (message, raw, error_class, error)
 
     for m in messages:
         raw = m.value()
-        if raw is None or len(raw) == 0:
-            dead(m, raw, "empty", "empty message (no value bytes)")
+        if not raw:
+            dead_rows.append((m, raw, "empty", "empty message (no value bytes)"))
             continue
-        if len(raw) > rules.max_message_bytes:
-            dead(m, raw[:1024], "oversized", f"message is {len(raw)} bytes, over the {rules.max_message_bytes}-byte limit (first 1 KiB kept)")
+        if len(raw) > limit:
+            dead_rows.append((m, raw[:1024], "oversized", f"message is {len(raw)} bytes, over the {limit}-byte limit (first 1 KiB kept)"))
             continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            dead(m, raw, "not_utf8", f"payload is not valid UTF-8: {exc.reason} at byte {exc.start}")
+            dead_rows.append((m, raw, "not_utf8", f"payload is not valid UTF-8: {exc.reason} at byte {exc.start}"))
             continue
         try:
             obj = loads(text)
         except _NonFinite as exc:
-            dead(m, raw, "non_finite", str(exc))
+            dead_rows.append((m, raw, "non_finite", str(exc)))
             continue
         except ValueError as exc:
-            dead(m, raw, "invalid_json", f"invalid JSON: {exc}")
+            dead_rows.append((m, raw, "invalid_json", f"invalid JSON: {exc}"))
             continue
-        if not isinstance(obj, dict):
-            dead(m, raw, "not_object", f"JSON is {_TYPE_NAMES.get(type(obj), 'null' if obj is None else type(obj).__name__)}, not an object")
+        if type(obj) is not dict:
+            dead_rows.append((m, raw, "not_object", f"JSON is {_TYPE_NAMES.get(type(obj), 'null' if obj is None else type(obj).__name__)}, not an object"))
             continue
-        if rules.event_time_field not in obj:
-            dead(m, raw, "missing_event_time", f"missing required field '{rules.event_time_field}'")
+        raw_ts = obj.get(ts_field, _MISSING)
+        if raw_ts is _MISSING:
+            dead_rows.append((m, raw, "missing_event_time", f"missing required field '{ts_field}'"))
             continue
         try:
-            event_time = parse_event_time(obj[rules.event_time_field])
+            event_time = parse_event_time(raw_ts)
         except ValueError as exc:
-            dead(m, raw, "bad_event_time", f"field '{rules.event_time_field}': {exc}")
+            dead_rows.append((m, raw, "bad_event_time", f"field '{ts_field}': {exc}"))
             continue
-        if event_time < rules.earliest:
-            dead(m, raw, "before_first_partition", f"event time {event_time.isoformat()} is before the first partition ({rules.earliest.isoformat()})")
+        if event_time < earliest:
+            dead_rows.append((m, raw, "before_first_partition", f"event time {event_time.isoformat()} is before the first partition ({earliest.isoformat()})"))
             continue
         if event_time > latest:
-            dead(m, raw, "future_event_time", f"event time {event_time.isoformat()} is more than {int(rules.future_tolerance.total_seconds())}s ahead of ingestion time {now.isoformat()}")
+            dead_rows.append((m, raw, "future_event_time", f"event time {event_time.isoformat()} is more than {int(rules.future_tolerance.total_seconds())}s ahead of ingestion time {now.isoformat()}"))
             continue
-        issues = []
-        for name, kind in fields:
-            if name not in obj:
-                good[name].append(None)
-                issues.append(f"missing required field '{name}'")
+        issues = None
+        for name, kind, col in field_columns:
+            value = obj.get(name, _MISSING)
+            if kind == "number":
+                if type(value) in number_types:
+                    col.append(value)
+                    continue
+            elif type(value) is str:
+                col.append(value)
                 continue
-            value, issue = _typed(obj[name], kind)
-            good[name].append(value)
-            if issue:
-                issues.append(f"field '{name}' {issue}")
-        key = m.key()
-        if key is None:
-            issues.append(f"message key is null (expected the {rules.key_field})")
-            key_text = None
-        else:
-            key_text = key.decode("utf-8", "replace")
-        ts_type, ts = m.timestamp()
-        good["kafka_topic"].append(m.topic())
-        good["kafka_partition"].append(m.partition())
-        good["kafka_offset"].append(m.offset())
-        good["kafka_timestamp"].append(ts if ts_type else None)
-        good["kafka_key"].append(key_text)
-        good["payload"].append(text)
-        good["ingested_at"].append(now)
-        good["event_time"].append(event_time)
-        good["parse_issues"].append("; ".join(issues) if issues else None)
+            col.append(None)
+            issue = f"missing required field '{name}'" if value is _MISSING else f"field '{name}' {_typed(value, kind)[1]}"
+            issues = issue if issues is None else f"{issues}; {issue}"
+        good_msgs.append(m)
+        texts.append(text)
+        times.append(event_time)
+        issues_col.append(issues)
 
-    bronze = pl.DataFrame(good, schema={k: (pl.Int64 if k == "kafka_timestamp" else v) for k, v in bronze_schema(rules).items()})
-    bronze = bronze.with_columns(pl.col("kafka_timestamp").cast(pl.Datetime("ms", "UTC")))
-    dl_schema = {k: (pl.Int64 if k == "kafka_timestamp" else v) for k, v in DEAD_LETTER_SCHEMA.items()}
-    dead_letter = pl.DataFrame(bad, schema=dl_schema).with_columns(pl.col("kafka_timestamp").cast(pl.Datetime("ms", "UTC")))
-    return ParsedBatch(bronze=bronze, dead_letter=dead_letter)
+    # Coordinates in bulk, outside the hot loop.
+    keys = [m.key() for m in good_msgs]
+    null_key = f"message key is null (expected the {rules.key_field})"
+    if None in keys:
+        issues_col = [
+            (null_key if issue is None else f"{issue}; {null_key}") if k is None else issue for k, issue in zip(keys, issues_col)
+        ]
+    schema = bronze_schema(rules)
+    data = {
+        "kafka_topic": [m.topic() for m in good_msgs],
+        "kafka_partition": [m.partition() for m in good_msgs],
+        "kafka_offset": [m.offset() for m in good_msgs],
+        "kafka_timestamp": [t if kind else None for kind, t in (m.timestamp() for m in good_msgs)],
+        "kafka_key": [k.decode("utf-8", "replace") if k is not None else None for k in keys],
+        "payload": texts,
+        "event_time": times,
+        **{name: (pl.Series(name, columns[name], dtype=pl.Float64, strict=False) if name in numbers else columns[name]) for name, _ in fields},
+        "parse_issues": issues_col,
+    }
+    bronze = pl.DataFrame(data, schema_overrides={k: (pl.Int64 if k == "kafka_timestamp" else v) for k, v in schema.items() if k != "ingested_at"})
+    bronze = bronze.with_columns(
+        pl.col("kafka_timestamp").cast(pl.Datetime("ms", "UTC")),
+        pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+        pl.col("event_time").cast(pl.Datetime("us", "UTC")),
+    ).select(list(schema))
+    return ParsedBatch(bronze=bronze, dead_letter=_dead_letter_frame(dead_rows, now))
+
+
+_MISSING = object()
+
+
+def _dead_letter_frame(rows: list[tuple], now: datetime) -> pl.DataFrame:
+    def key(m):
+        k = m.key()
+        return k.decode("utf-8", "replace") if k is not None else None
+
+    data = {
+        "kafka_topic": [m.topic() for m, *_ in rows],
+        "kafka_partition": [m.partition() for m, *_ in rows],
+        "kafka_offset": [m.offset() for m, *_ in rows],
+        "kafka_timestamp": [m.timestamp()[1] if m.timestamp()[0] else None for m, *_ in rows],
+        "kafka_key": [key(m) for m, *_ in rows],
+        "payload": [raw for _, raw, _, _ in rows],
+        "error_class": [cls for _, _, cls, _ in rows],
+        "error": [err for _, _, _, err in rows],
+    }
+    schema = {k: (pl.Int64 if k == "kafka_timestamp" else v) for k, v in DEAD_LETTER_SCHEMA.items() if k != "ingested_at"}
+    return pl.DataFrame(data, schema=schema).with_columns(
+        pl.col("kafka_timestamp").cast(pl.Datetime("ms", "UTC")),
+        pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+    )

@@ -35,24 +35,28 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
     rows = valid.sort("kafka_partition", "kafka_offset")
 
     # 1. event_id: the first by Kafka partition/offset wins; a later copy with other content is reported.
-    first = rows.group_by("event_id", maintain_order=True).first().select("event_id", *[pl.col(c).alias(f"__first_{c}") for c in CONTENT], pl.format("{}/{}", "kafka_partition", "kafka_offset").alias("__first_at"))
-    rows = rows.with_columns(pl.int_range(pl.len()).over("event_id").alias("__dup_rank")).join(first, on="event_id", how="left")
-    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"__first_{c}")) for c in CONTENT])
-    conflicting = rows.filter((pl.col("__dup_rank") > 0) & ~same)
-    exact_dups = rows.filter((pl.col("__dup_rank") > 0) & same).height
-    helper = [c for c in rows.columns if c.startswith("__")]
-    rejected = conflicting.with_columns(
-        check=pl.lit("event_id_unique_content"),
-        reason=pl.format("duplicate event_id with different content (first seen at {})", "__first_at"),
-    ).drop(helper)
-    rows = rows.filter(pl.col("__dup_rank") == 0).drop(helper)
+    #    Only the (rare) repeated ids are compared, so the common case costs one hash pass.
+    is_first = pl.col("event_id").is_first_distinct()
+    later = rows.filter(~is_first)
+    rejected = rows.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
+    exact_dups = 0
+    if later.height:
+        first = (
+            rows.filter(is_first & pl.col("event_id").is_in(later["event_id"].implode()))
+            .select("event_id", *[pl.col(c).alias(f"__first_{c}") for c in CONTENT], pl.format("{}/{}", "kafka_partition", "kafka_offset").alias("__first_at"))
+        )
+        later = later.join(first, on="event_id", how="left")
+        same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"__first_{c}")) for c in CONTENT])
+        helper = [c for c in later.columns if c.startswith("__")]
+        exact_dups = later.filter(same).height
+        rejected = later.filter(~same).with_columns(
+            check=pl.lit("event_id_unique_content"),
+            reason=pl.format("duplicate event_id with different content (first seen at {})", "__first_at"),
+        ).drop(helper)
+        rows = rows.filter(is_first)
 
-    # 2. then (sensor_id, event_time): one reading per sensor per instant.
-    before = rows.height
-    rows = rows.unique(subset=["sensor_id", "event_time"], keep="first", maintain_order=True)
-    dup_sensor_time = before - rows.height
-
-    # 3. rolling z-score against the previous readings of the same sensor (current excluded).
+    # 2. rolling z-score against the previous readings of the same sensor (current excluded), in event-time
+    #    order; context rows (earlier partition) extend each sensor's history.
     cur = rows.select(
         "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time",
         pl.col("kafka_topic").alias("source_topic"), pl.col("kafka_partition").cast(pl.Int64).alias("source_partition"),
@@ -68,7 +72,15 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
             .with_columns(pl.lit(True).alias("__context"))
         )
         parts.insert(0, hist.cast(cur.schema))
-    allrows = pl.concat(parts).sort("sensor_id", "event_time", "source_partition", "source_offset")
+    allrows = pl.concat(parts).sort("sensor_id", "event_time", "__context", "source_partition", "source_offset", descending=[False, False, True, False, False])
+
+    # 3. one reading per sensor per instant: after the sort, repeats are adjacent and the first is the
+    #    lowest Kafka partition/offset (history from the previous partition wins over a repeat of it).
+    repeat = (pl.col("sensor_id") == pl.col("sensor_id").shift(1)) & (pl.col("event_time") == pl.col("event_time").shift(1))
+    before = allrows.filter(~pl.col("__context")).height
+    allrows = allrows.filter(~repeat.fill_null(False))
+    dup_sensor_time = before - allrows.filter(~pl.col("__context")).height
+
     prev = pl.col("value").shift(1)
     allrows = allrows.with_columns(
         prev.rolling_mean(ZSCORE_WINDOW, min_samples=ZSCORE_MIN_HISTORY).over("sensor_id").alias("__mean"),
@@ -87,8 +99,7 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
             pl.lit(ctx.processed_at).cast(pl.Datetime("us", "UTC")).alias("processed_at"),
             pl.lit(ctx.pipeline_version).alias("pipeline_version"),
         )
-        .sort("event_time", "sensor_id", "source_partition", "source_offset")
-        .select(SILVER_COLUMNS)
+        .select(SILVER_COLUMNS)  # ordered by sensor, then event time
     )
     return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=exact_dups + dup_sensor_time)
 

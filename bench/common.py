@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmarks: machine facts, one JSON line of figures, scratch homes, Bronze fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as stdlib_platform
+import resource
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def machine() -> dict:
+    versions = {p: metadata.version(p) for p in ("dagster", "polars", "pandera", "confluent-kafka", "chdb", "clickhouse-connect")}
+    return {"cores": os.cpu_count(), "python": stdlib_platform.python_version(), "machine": stdlib_platform.machine(), "versions": versions}
+
+
+def emit(name: str, figures: dict, **context) -> None:
+    """The benchmark's result: one JSON line on stdout."""
+    print(json.dumps({"bench": name, **figures, **context, "command": " ".join(sys.argv), "machine": machine()}, default=str), flush=True)
+
+
+def scratch_home(prefix: str) -> Path:
+    """A fresh MEDALLION_HOME for one benchmark, so it never touches a real one."""
+    home = Path(tempfile.mkdtemp(prefix=f"medallion-bench-{prefix}-"))
+    os.environ["MEDALLION_HOME"] = str(home)
+    os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    os.environ.pop("CLICKHOUSE_HOST", None)
+    return home
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bronze_frame(readings: pl.DataFrame, topic: str = "bench.iot", partitions: int = 3) -> pl.DataFrame:
+    """Bronze rows for simulated readings, as the ingest job would write them (coordinates made up)."""
+    now = datetime.now(timezone.utc)
+    return (
+        readings.with_row_index("__i")
+        .with_columns((pl.col("__i") % partitions).cast(pl.Int32).alias("kafka_partition"))
+        .with_columns(
+            pl.lit(topic).alias("kafka_topic"),
+            pl.int_range(pl.len()).over("kafka_partition").cast(pl.Int64).alias("kafka_offset"),
+            pl.col("event_time").dt.cast_time_unit("ms").alias("kafka_timestamp"),
+            pl.col("key").alias("kafka_key"),
+            pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+            pl.lit(None, pl.String).alias("parse_issues"),
+        )
+        .select(
+            "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "payload", "ingested_at",
+            "event_time", "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "parse_issues",
+        )  # fmt: skip
+    )
+
+
+def write_bronze(lake_root: Path, stream: str, bronze: pl.DataFrame, partitions_def) -> list[str]:
+    """Write Bronze files per event-time partition (one file per Kafka partition), like a committed ingest."""
+    from assets.partitions import partition_key_expr
+    from resources.lake import OFFSET_WIDTH, partition_dirname
+
+    keys = []
+    framed = bronze.with_columns(partition_key_expr(partitions_def, "event_time").alias("__pk"))
+    for (pk, kp), rows in framed.partition_by("__pk", "kafka_partition", as_dict=True).items():
+        lo, hi = rows["kafka_offset"].min(), rows["kafka_offset"].max() + 1
+        path = lake_root / "bronze" / stream / partition_dirname(pk) / f"p{kp}-{lo:0{OFFSET_WIDTH}d}-{hi:0{OFFSET_WIDTH}d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows.drop("__pk").write_parquet(path, compression="zstd", compression_level=1)
+        keys.append(pk)
+    return sorted(set(keys))
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
