@@ -50,40 +50,41 @@ def topic_asset(spec: StreamSpec) -> dg.AssetSpec:
     )
 
 
-def bronze_asset(spec: StreamSpec) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        keys.bronze_key(spec),
-        deps=[keys.topic_key(spec)],
-        description=(
-            f"Raw {spec.name} records by event time: payload + topic/partition/offset/Kafka timestamp/ingestion "
-            f"time. Append-only, exactly once per offset. Written by the `{keys.ingest_job_name(spec)}` job."
-        ),
-        partitions_def=spec.partitions,
-        group_name=keys.group(spec, "bronze"),
-        kinds={"kafka", "parquet"},
-        owners=list(spec.owners),
-    )
-
-
 class IngestConfig(dg.Config):
     max_records: int = DEFAULT_MAX_RECORDS  # backpressure: records per run at most
 
 
-def build_ingest_job(spec: StreamSpec) -> dg.JobDefinition:
+def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
+    """Bronze as an asset whose materialization is an ingest of everything pending in the topic.
+
+    A run targets one partition (the sensor picks the current hour, so fresh data flows to Gold in the same
+    run); records land in whichever event-time partitions they belong to, and every other partition touched
+    gets its own materialization event, so automation re-derives late hours too.
+    """
     rules = bronze_rules(spec)
     pk_expr = partition_key_expr(spec.partitions, "event_time")
 
-    @dg.op(
-        name=f"consume_{spec.name}",
-        out={},
+    @dg.asset(
+        key=keys.bronze_key(spec),
+        deps=[keys.topic_key(spec)],
+        partitions_def=spec.partitions,
+        output_required=False,  # nothing new for this run's partition: its downstream steps are skipped
         retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL),  # 1 s, 2 s, 4 s
-        tags={"medallion/stream": spec.name},
+        group_name=keys.group(spec, "bronze"),
+        kinds={"kafka", "parquet"},
+        owners=list(spec.owners),
+        description=(
+            f"Raw {spec.name} records by event time: payload + topic/partition/offset/Kafka timestamp/ingestion "
+            "time. Append-only, exactly once per offset. Materializing it ingests everything pending in "
+            f"`{spec.topic}` (the `kafka_{spec.name}` sensor does this); records land in their own event-time partitions."
+        ),
     )
-    def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource):
-        with lake.stream_lock(spec.name, holder=context.run_id):
+    def bronze(context: dg.AssetExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource):
+        own = context.partition_key
+        with lake.run_alive(context.run_id), lake.stream_lock(spec.name):
             for action in lake.recover_bronze(spec.name):
                 context.log.warning(f"recovery: {action}")
-            report(context, spec, kafka, lake, lake.unreported_entries(spec.name))
+            entries = lake.unreported_entries(spec.name)  # a crashed run committed these but never announced them
             failpoint("ingest.after_recover")
 
             parts = kafka.partitions(spec.topic)
@@ -92,83 +93,88 @@ def build_ingest_job(spec: StreamSpec) -> dg.JobDefinition:
             except OffsetsWentBackwardsError as exc:  # retrying cannot help: a person must look
                 raise dg.Failure(description=str(exc), allow_retries=False) from exc
             start = lake.committed_offsets(spec.name, parts)
-            now = datetime.now(timezone.utc)
-            bronze_frames, dead_frames = [], []
-            last: dict[int, int] = {}
-            last_message: dict[int, object] = {}
-            for batch in kafka.read(spec.topic, start, config.max_records):
-                if batch.messages:
-                    parsed = parse_messages(batch.messages, rules, now)
-                    bronze_frames.append(parsed.bronze)
-                    dead_frames.append(parsed.dead_letter)
-                    for m in batch.messages:  # batches are in offset order per partition
-                        last[m.partition()] = m.offset()
-                        last_message[m.partition()] = m
-            if not last:
+            new_entries = _ingest(context, spec, rules, pk_expr, kafka, lake, start, config.max_records)
+            entries += new_entries
+            if not new_entries:
                 context.log.info(f"no new records in {spec.topic} after offsets {start}")
-                return
-            failpoint("ingest.after_read")
+            own_metadata = announce(context, spec, kafka, lake, entries, own)
+            if own_metadata is not None:
+                yield dg.MaterializeResult(metadata=own_metadata)
+            finish_report(context, spec, kafka, lake, entries)
 
-            bronze = pl.concat(bronze_frames).with_columns(pk_expr.alias("__pk"))
-            dead = pl.concat(dead_frames)
-            staging = lake.staging_dir(spec.name, context.run_id)
-            entries = []
-            for kp, last_offset in sorted(last.items()):
-                rng = f"p{kp}-{start[kp]:0{OFFSET_WIDTH}d}-{last_offset + 1:0{OFFSET_WIDTH}d}.parquet"
-                files, counts = [], {}
-                mine = bronze.filter(pl.col("kafka_partition") == kp)
-                for (pk,), rows in mine.partition_by("__pk", as_dict=True, maintain_order=True).items():
-                    rel = f"{partition_dirname(pk)}/{rng}"
-                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                    rows.drop("__pk").write_parquet(staging / rel, compression="zstd", compression_level=1)
-                    files.append(rel)
-                    counts[pk] = rows.height
-                    failpoint("ingest.mid_stage")
-                dl = dead.filter(pl.col("kafka_partition") == kp)
-                if dl.height:
-                    rel = f"dead_letter/{rng}"
-                    (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                    dl.write_parquet(staging / rel, compression="zstd", compression_level=1)
-                    files.append(rel)
-                entries.append(
-                    LedgerEntry(
-                        kafka_partition=kp,
-                        start=start[kp],
-                        end=last_offset + 1,
-                        files=files,
-                        partitions=counts,
-                        dead_letter_rows=dl.height,
-                        run_id=context.run_id,
-                        last_record=fingerprint(last_message[kp]),
-                    )
-                )
-            failpoint("ingest.after_stage")
-            lake.commit_bronze(spec.name, staging, entries)
-            failpoint("ingest.after_commit")
-            context.log.info(
-                f"committed {bronze.height} bronze + {dead.height} dead-letter records: "
-                + ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in entries)
+    return bronze
+
+
+def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: KafkaResource, lake: LakeResource, start: dict[int, int], max_records: int) -> list[LedgerEntry]:
+    """Read from `start` to the end of the log (or `max_records`), stage the files, commit them."""
+    now = datetime.now(timezone.utc)
+    bronze_frames, dead_frames = [], []
+    last: dict[int, int] = {}
+    last_message: dict[int, object] = {}
+    for batch in kafka.read(spec.topic, start, max_records):
+        if batch.messages:
+            parsed = parse_messages(batch.messages, rules, now)
+            bronze_frames.append(parsed.bronze)
+            dead_frames.append(parsed.dead_letter)
+            for m in batch.messages:  # batches are in offset order per partition
+                last[m.partition()] = m.offset()
+                last_message[m.partition()] = m
+    if not last:
+        return []
+    failpoint("ingest.after_read")
+
+    bronze = pl.concat(bronze_frames).with_columns(pk_expr.alias("__pk"))
+    dead = pl.concat(dead_frames)
+    staging = lake.staging_dir(spec.name, context.run_id)
+    entries = []
+    for kp, last_offset in sorted(last.items()):
+        rng = f"p{kp}-{start[kp]:0{OFFSET_WIDTH}d}-{last_offset + 1:0{OFFSET_WIDTH}d}.parquet"
+        files, counts = [], {}
+        mine = bronze.filter(pl.col("kafka_partition") == kp)
+        for (pk,), rows in mine.partition_by("__pk", as_dict=True, maintain_order=True).items():
+            rel = f"{partition_dirname(pk)}/{rng}"
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            rows.drop("__pk").write_parquet(staging / rel, compression="zstd", compression_level=1)
+            files.append(rel)
+            counts[pk] = rows.height
+            failpoint("ingest.mid_stage")
+        dl = dead.filter(pl.col("kafka_partition") == kp)
+        if dl.height:
+            rel = f"dead_letter/{rng}"
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            dl.write_parquet(staging / rel, compression="zstd", compression_level=1)
+            files.append(rel)
+        entries.append(
+            LedgerEntry(
+                kafka_partition=kp,
+                start=start[kp],
+                end=last_offset + 1,
+                files=files,
+                partitions=counts,
+                dead_letter_rows=dl.height,
+                run_id=context.run_id,
+                last_record=fingerprint(last_message[kp]),
             )
-            report(context, spec, kafka, lake, entries)
-
-    @dg.job(
-        name=keys.ingest_job_name(spec),
-        description=f"Kafka `{spec.topic}` -> {keys.bronze_key(spec).to_user_string()} (+ dead-letter), from the committed offsets to the end of the log.",
-        tags={"medallion/stream": spec.name},
+        )
+    failpoint("ingest.after_stage")
+    lake.commit_bronze(spec.name, staging, entries)
+    failpoint("ingest.after_commit")
+    context.log.info(
+        f"committed {bronze.height} bronze + {dead.height} dead-letter records: "
+        + ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in entries)
     )
-    def ingest_job():
-        ingest()
-
-    return ingest_job
+    return entries
 
 
-def report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, entries: list[LedgerEntry]) -> None:
-    """After a commit (or on recovery from a crash right after one): dead-letter topic, events, group offsets.
+def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, entries: list[LedgerEntry], own_partition: str | None) -> dict | None:
+    """After a commit (or on recovery from a crash right after one): dead letters to the DLQ topic, and a
+    materialization event for every Bronze partition touched. Returns the metadata of `own_partition`
+    (the run's own, reported by the caller as its result) if it was touched.
 
-    Idempotent apart from the dead-letter topic, which is at-least-once; the dead-letter table is exact.
+    Repeating it is harmless apart from the dead-letter topic, which is at-least-once (the table is exact).
     """
     if not entries:
-        return
+        return None
     dead_files = [lake.dead_letter_dir(spec.name) / f.split("/", 1)[1] for e in entries for f in e.files if f.startswith("dead_letter/")]
     if dead_files:
         _produce_dead_letters(kafka, spec, pl.read_parquet(dead_files))
@@ -177,23 +183,28 @@ def report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, 
     for e in entries:
         for pk in e.partitions:
             by_pk[pk].append(e)
+    own = None
     for pk, es in sorted(by_pk.items()):
-        files = lake.bronze_files(spec.name, pk)
-        total = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=keys.bronze_key(spec),
-                partition=pk,
-                metadata={
-                    "dagster/row_count": total,
-                    "rows_added": sum(e.partitions[pk] for e in es),
-                    "offset_ranges": ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in es),
-                    "dead_letter_rows_in_batch": sum(e.dead_letter_rows for e in es),
-                    "topic": spec.topic,
-                },
-            )
-        )
+        total = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in lake.bronze_files(spec.name, pk))
+        metadata = {
+            "dagster/row_count": total,
+            "rows_added": sum(e.partitions[pk] for e in es),
+            "offset_ranges": ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in es),
+            "dead_letter_rows_in_batch": sum(e.dead_letter_rows for e in es),
+            "topic": spec.topic,
+        }
+        if pk == own_partition:
+            own = metadata
+            continue
+        context.log_event(dg.AssetMaterialization(asset_key=keys.bronze_key(spec), partition=pk, metadata=metadata))
         failpoint("report.mid_events")
+    return own
+
+
+def finish_report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, entries: list[LedgerEntry]) -> None:
+    """Every event is out: remember that, and mirror the offsets into a consumer group for lag tooling."""
+    if not entries:
+        return
     failpoint("report.after_events")
     lake.mark_reported(spec.name, entries)
     failpoint("report.after_mark_reported")

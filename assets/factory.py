@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from assets.bronze import bronze_asset, build_ingest_job, topic_asset
+from assets import keys
+from assets.bronze import build_bronze, topic_asset
 from assets.gold import build_gold
 from assets.silver import build_silver
 from assets.spec import StreamSpec
@@ -17,11 +18,24 @@ from assets.warehouse import build_warehouse_load
 class StreamDefinitions:
     spec: StreamSpec
     assets: list
-    ingest_job: dg.JobDefinition
+    ingest_job: dg.UnresolvedAssetJobDefinition
 
 
 def build_stream(spec: StreamSpec) -> StreamDefinitions:
-    assets: list = [topic_asset(spec), bronze_asset(spec), build_silver(spec)]
+    assets: list = [topic_asset(spec), build_bronze(spec), build_silver(spec)]
+    chain = [keys.bronze_key(spec), keys.silver_key(spec)]
     for table in spec.gold:
         assets += [build_gold(spec, table), build_warehouse_load(spec, table)]
-    return StreamDefinitions(spec=spec, assets=assets, ingest_job=build_ingest_job(spec))
+        if table.partitions == spec.partitions:  # same grain: can ride along in the ingest run
+            chain += [keys.gold_key(spec, table), keys.warehouse_key(spec, table)]
+    # The sensor's run: ingest everything pending, then carry the run's partition (the current one) all
+    # the way to the warehouse. Other partitions touched (late data) follow by automation.
+    ingest_job = dg.define_asset_job(
+        keys.ingest_job_name(spec),
+        selection=dg.AssetSelection.assets(*chain),
+        partitions_def=spec.partitions,
+        tags={"medallion/stream": spec.name},
+        description=f"Kafka `{spec.topic}` -> Bronze (+ dead-letter) from the committed offsets to the end of the log, "
+        "then Silver, Gold and the warehouse for the run's partition.",
+    )
+    return StreamDefinitions(spec=spec, assets=assets, ingest_job=ingest_job)

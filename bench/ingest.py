@@ -42,7 +42,12 @@ def main() -> None:
         resources = {"kafka": kafka, "lake": LakeResource(root=str(home / "lake")), "warehouse": WarehouseResource(chdb_path=str(home / "wh"))}
         job = build_definitions((spec,), resources).resolve_job_def(f"ingest_{spec.name}")
         with dg.instance_for_test() as instance, Timer() as ingest_t:
-            result = job.execute_in_process(instance=instance, run_config={"ops": {f"consume_{spec.name}": {"config": {"max_records": args.events}}}})
+            result = job.execute_in_process(
+                instance=instance,
+                run_config={"ops": {f"bronze_{spec.name}": {"config": {"max_records": args.events}}}},
+                partition_key=spec.partitions.get_last_partition_key(),
+                asset_selection=[dg.AssetKey(f"bronze_{spec.name}")],
+            )
         assert result.success
         lake = resources["lake"]
         landed = lake.count_bronze(spec.name) + lake.count_dead_letter(spec.name)

@@ -67,7 +67,9 @@ def drive(
                     continue
                 job = defs.resolve_job_def(sensor.job_name)
                 tags = {**req.tags, "dagster/sensor_name": sensor.name, "dagster/run_key": req.run_key}
-                result = job.execute_in_process(run_config=req.run_config, instance=instance, tags=tags, raise_on_error=False)
+                result = job.execute_in_process(
+                    run_config=req.run_config, instance=instance, tags=tags, partition_key=req.partition_key, raise_on_error=False
+                )
                 log.ingest_runs += 1
                 launched += 1
                 if not result.success:
@@ -80,8 +82,9 @@ def drive(
         runs: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
         for key, pdef in partitions_of.items():
             for pk in evaluation.get_requested_partitions(key):
-                runs[(id(pdef), pk)].append(key)
-        for (_, pk), selection in sorted(runs.items(), key=lambda kv: str(kv[0][1])):
+                runs[(_grain_seconds(pdef), pk)].append(key)
+        # Finer partitions first: an hour's Silver before the day's rollup that reads it.
+        for (_, pk), selection in sorted(runs.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
             result = asset_job.execute_in_process(
                 instance=instance,
                 partition_key=pk,
@@ -95,3 +98,10 @@ def drive(
                 log.failed_runs.append(f"{[k.to_user_string() for k in selection]} {pk} {result.run_id}")
         quiet = quiet + 1 if launched == 0 else 0
     return log
+
+
+def _grain_seconds(pdef) -> float:
+    if not isinstance(pdef, dg.TimeWindowPartitionsDefinition):
+        return 0.0
+    first = pdef.get_first_partition_window()
+    return (first.end - first.start).total_seconds()

@@ -194,43 +194,44 @@ class LakeResource(dg.ConfigurableResource):
         return self.path / "_locks" / f"{stream}.{name}.lock"
 
     @contextmanager
-    def stream_lock(self, stream: str, name: str = "ingest", holder: str = "") -> Iterator[None]:
-        """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail.
-
-        The holder (a run id) is written into the lock file, so `lock_holder` can tell a live run from a
-        run whose process died: the kernel releases a dead process's lock, the file keeps its name.
-        """
-        lock_path = self._lock_path(stream, name)
+    def stream_lock(self, stream: str, name: str = "ingest") -> Iterator[None]:
+        """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail."""
+        lock_path = self.path / "_locks" / f"{stream}.{name}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+") as f:
+        with open(lock_path, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                f.seek(0)
-                f.truncate()
-                f.write(holder)
-                f.flush()
                 yield
             finally:
-                f.seek(0)
-                f.truncate()
-                f.flush()
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def lock_holder(self, stream: str, name: str = "ingest") -> tuple[bool, str]:
-        """(held by a live process now, the last holder recorded in the lock file)."""
-        lock_path = self._lock_path(stream, name)
-        if not lock_path.exists():
-            return False, ""
-        with open(lock_path, "a+") as f:
+    @contextmanager
+    def run_alive(self, run_id: str) -> Iterator[None]:
+        """Hold a lock named after the run while it works. The kernel drops it if the process dies; the file
+        stays behind, which is how `run_died` tells a killed run from one that is merely waiting."""
+        path = self.path / "_locks" / "runs" / f"{run_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def run_died(self, run_id: str) -> bool:
+        path = self.path / "_locks" / "runs" / f"{run_id}.lock"
+        try:
+            f = open(path)
+        except FileNotFoundError:
+            return False  # never started working, or finished cleanly
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return True, ""
-            try:
-                f.seek(0)
-                return False, f.read().strip()
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                return False  # alive
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return path.exists()
 
     def staging_dir(self, stream: str, run_id: str) -> Path:
         return self.bronze_dir(stream) / "_staging" / run_id

@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
     with dg.DagsterInstance.get() as instance:
         if what == "ingest":
             result = defs.resolve_job_def(f"ingest_{spec.name}").execute_in_process(
-                instance=instance, tags={"medallion/stream": spec.name}, raise_on_error=False
+                instance=instance, tags={"medallion/stream": spec.name}, raise_on_error=False,
+                partition_key=spec.partitions.get_last_partition_key(),
             )
         else:
             keys, pk = rest

@@ -21,10 +21,12 @@ def sensor_tick(defs: dg.Definitions, spec, instance, cursor=None):
 
 
 def run_ingest(defs: dg.Definitions, spec, instance, request: dg.RunRequest | None = None, **kwargs):
+    """The sensor's run (ingest + the newest partition's chain), as the sensor would request it."""
     job = defs.resolve_job_def(f"ingest_{spec.name}")
     run_config = request.run_config if request else {}
-    tags = dict(request.tags) if request else {}
-    return job.execute_in_process(run_config=run_config, instance=instance, tags=tags, **kwargs)
+    tags = dict(request.tags) if request else {"medallion/stream": spec.name}
+    partition_key = request.partition_key if request else spec.partitions.get_last_partition_key()
+    return job.execute_in_process(run_config=run_config, instance=instance, tags=tags, partition_key=partition_key, **kwargs)
 
 
 def content_hash(df: pl.DataFrame, ignore=("processed_at", "ingested_at")) -> str:

@@ -37,7 +37,7 @@ def test_partitions_hourly_by_event_time_and_daily_rollup():
 
 def test_sensors_run_by_default():
     names = {s.name: s for s in defs.sensors}
-    assert set(names) == {"kafka_iot", "automation_iot_silver", "automation_iot_gold", "automation_iot_warehouse"}
+    assert set(names) == {"kafka_iot", "automation_iot"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in names.values())
     assert names["kafka_iot"].job_name == "ingest_iot"
 

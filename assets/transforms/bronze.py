@@ -117,7 +117,7 @@ def parse_messages(messages: Sequence, rules: BronzeRules, now: datetime) -> Par
     ts_field = rules.event_time_field
     fields = list(rules.fields)
     numbers = [name for name, kind in fields if kind == "number"]
-    loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+    loads = _fast_loads
     number_types = (int, float)
 
     good_msgs: list = []
@@ -214,6 +214,19 @@ def parse_messages(messages: Sequence, rules: BronzeRules, now: datetime) -> Par
 
 
 _MISSING = object()
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_SCAN = _DECODER.scan_once
+
+
+def _fast_loads(text: str):
+    """json.loads without the pure-Python wrapper around the C scanner (a third of the per-record cost)."""
+    try:
+        obj, end = _SCAN(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)  # leading whitespace, or invalid: the full path says why
+    if end != len(text) and text[end:].strip():
+        return _DECODER.decode(text)  # raises "Extra data"
+    return obj
 
 
 def _dead_letter_frame(rows: list[tuple], now: datetime) -> pl.DataFrame:

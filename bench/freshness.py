@@ -1,0 +1,145 @@
+"""Benchmark 3: end-to-end freshness under the real daemon.
+
+The Dagster daemon (Kafka sensor + automation sensors) runs against the simulator producing R events/s for
+D seconds (1,000/s for 600 s by default). Every second the benchmark reads how many readings the warehouse
+Gold table `iot_sensor_5m` counts; a record is visible once that count reaches its position in the produced
+sequence. Freshness = first time visible - its Kafka timestamp. Also samples the consumer lag (produced -
+committed to Bronze) over time.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+
+from common import REPO, emit, scratch_home
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--duration", type=int, default=600)
+    ap.add_argument("--drain", type=int, default=90, help="seconds to wait for the tail after producing stops")
+    args = ap.parse_args()
+    home = scratch_home("freshness")
+
+    from assets.streams.iot import IOT
+    from medallion.simulator import SimulatorConfig, SimulatorStats, generate
+    from medallion.stack import ensure_kafka, prepare_dagster_home
+    from resources.config import platform_resources
+    from resources.embedded_broker import stop_broker
+    from resources.settings import load_settings
+
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    resources = platform_resources()
+    ensure_kafka(settings, (IOT,), resources["lake"], say=lambda *_: None)
+    kafka, lake, wh = resources["kafka"], resources["lake"], resources["warehouse"]
+
+    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+    daemon = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+        env=env, cwd=REPO, stdout=open(home / "daemon.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    produced_at: list[float] = []
+    stop = threading.Event()
+
+    def producer() -> None:
+        # Clean data (no malformed/duplicates/late), so the warehouse count maps to the produced sequence.
+        cfg = SimulatorConfig(events=args.rate * args.duration, rate=0, malformed_share=0, duplicate_share=0, late_share=0, anomaly_share=0.02)
+        p = kafka.producer({"linger.ms": 5})
+        began = time.time()
+        for n, (key, _) in enumerate(generate(cfg, SimulatorStats())):
+            if stop.is_set():
+                break
+            due = began + n / args.rate
+            if due > time.time():
+                time.sleep(due - time.time())
+            now = datetime.now(timezone.utc)
+            # real-time event time: regenerate the payload's timestamp at send time
+            value = ('{"event_id":"f-%d","sensor_id":"%s","sensor_type":"temperature","location":"lab","value":%.3f,"unit":"\\u00b0C","ts":"%s"}'
+                     % (n, key.decode(), 20 + (n % 17) * 0.1, now.isoformat(timespec="milliseconds"))).encode()  # fmt: skip
+            while True:
+                try:
+                    p.produce(IOT.topic, key=key, value=value)
+                    break
+                except BufferError:
+                    p.poll(0.01)
+            produced_at.append(time.time())
+            if n % 200 == 0:
+                p.poll(0)
+        p.flush(30)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    samples: list[tuple[float, int, int]] = []  # (time, visible in warehouse, committed to bronze)
+    began = time.time()
+    thread.start()
+    try:
+        while True:
+            time.sleep(1.0)
+            try:
+                visible = int(wh.query_arrow("SELECT sum(count) AS n FROM iot_sensor_5m").column("n")[0].as_py() or 0)
+            except Exception:  # table not created yet
+                visible = 0
+            committed = sum(e.end - e.start for e in lake.ledger(IOT.name))
+            samples.append((time.time(), visible, committed))
+            done_producing = not thread.is_alive()
+            if done_producing and (visible >= len(produced_at) or time.time() - began > args.duration + args.drain):
+                break
+    finally:
+        stop.set()
+        os.killpg(daemon.pid, 15)
+        daemon.wait(60)
+        stop_broker(settings.run_dir)
+
+    produced = len(produced_at)
+    freshness = []
+    j = 0
+    for i, t_prod in enumerate(produced_at):
+        while j < len(samples) and samples[j][1] < i + 1:
+            j += 1
+        if j == len(samples):
+            break
+        freshness.append(samples[j][0] - t_prod)
+    lags = [(round(t - began), produced_count_at(produced_at, t) - committed) for t, _, committed in samples]
+    half = len(lags) // 2
+    producing = [lag for t, lag in lags if t <= args.duration]
+    first, second = producing[: len(producing) // 2], producing[len(producing) // 2 :]
+    emit(
+        "freshness",
+        {
+            "rate_events_per_s": args.rate,
+            "duration_s": args.duration,
+            "produced": produced,
+            "visible": samples[-1][1] if samples else 0,
+            "freshness_p50_s": round(percentile(freshness, 0.5), 2) if freshness else None,
+            "freshness_p95_s": round(percentile(freshness, 0.95), 2) if freshness else None,
+            "freshness_max_s": round(max(freshness), 2) if freshness else None,
+            "lag_max": max((lag for _, lag in lags), default=0),
+            "lag_mean_first_half": round(statistics.mean(first)) if first else None,
+            "lag_mean_second_half": round(statistics.mean(second)) if second else None,
+            "lag_over_time": lags[:: max(1, len(lags) // 40)],
+        },
+        target_p95_s=10,
+    )
+    del half
+
+
+def produced_count_at(produced_at: list[float], t: float) -> int:
+    import bisect
+
+    return bisect.bisect_right(produced_at, t)
+
+
+if __name__ == "__main__":
+    main()
