@@ -110,7 +110,7 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
     now = datetime.now(timezone.utc)
     bronze_frames, dead_frames = [], []
     last: dict[int, int] = {}
-    last_message: dict[int, object] = {}
+    first_message: dict[int, object] = {}
     for batch in kafka.read(spec.topic, start, max_records):
         if batch.messages:
             parsed = parse_messages(batch.messages, rules, now)
@@ -118,7 +118,7 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
             dead_frames.append(parsed.dead_letter)
             for m in batch.messages:  # batches are in offset order per partition
                 last[m.partition()] = m.offset()
-                last_message[m.partition()] = m
+                first_message.setdefault(m.partition(), m)
     if not last:
         return []
     failpoint("ingest.after_read")
@@ -153,7 +153,7 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
                 partitions=counts,
                 dead_letter_rows=dl.height,
                 run_id=context.run_id,
-                last_record=fingerprint(last_message[kp]),
+                first_record=fingerprint(first_message[kp]),
             )
         )
     failpoint("ingest.after_stage")

@@ -62,9 +62,7 @@ def main() -> None:
         for n, (key, _) in enumerate(generate(cfg, SimulatorStats())):
             if stop.is_set():
                 break
-            due = began + n / args.rate
-            if due > time.time():
-                time.sleep(due - time.time())
+            time.sleep(max(0.0, began + n / args.rate - time.time()))
             now = datetime.now(timezone.utc)
             # real-time event time: regenerate the payload's timestamp at send time
             value = ('{"event_id":"f-%d","sensor_id":"%s","sensor_type":"temperature","location":"lab","value":%.3f,"unit":"\\u00b0C","ts":"%s"}'
@@ -112,7 +110,6 @@ def main() -> None:
             break
         freshness.append(samples[j][0] - t_prod)
     lags = [(round(t - began), produced_count_at(produced_at, t) - committed) for t, _, committed in samples]
-    half = len(lags) // 2
     producing = [lag for t, lag in lags if t <= args.duration]
     first, second = producing[: len(producing) // 2], producing[len(producing) // 2 :]
     emit(
@@ -132,7 +129,6 @@ def main() -> None:
         },
         target_p95_s=10,
     )
-    del half
 
 
 def produced_count_at(produced_at: list[float], t: float) -> int:

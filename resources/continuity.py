@@ -1,6 +1,11 @@
 """Has the broker's log changed under what Bronze committed? (Broker restarted empty, topic recreated,
-retention removed records.) Bronze remembers the last record it committed per partition; if the broker no
-longer returns that exact record at that offset, offsets went backwards or were reused."""
+retention removed records.) Bronze remembers the first record of each committed range; if the broker no
+longer returns that exact record at that offset, offsets went backwards or were reused.
+
+The first record of the latest range, not its last: on the embedded broker, an offset inside the newest
+produce batch cannot be told apart from a missing one (its watermark is stale), and a range's first record
+sits in an older batch once more data arrives.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +23,19 @@ def fingerprint(message) -> dict:
 def verify_log_continuity(kafka: KafkaResource, lake: LakeResource, stream: str, topic: str) -> None:
     """Raise OffsetsWentBackwardsError, naming the partition and offset, if the log no longer matches."""
     for kp, entry in sorted(lake.last_committed(stream).items()):
-        if not entry.last_record:
+        if not entry.first_record:
             continue
-        offset = entry.last_record["offset"]
+        offset = entry.first_record["offset"]
         message = kafka.fetch_one(topic, kp, offset)
         if message is None:
             raise OffsetsWentBackwardsError(
-                f"{topic}[{kp}] no longer has offset {offset}, the last record Bronze committed: the log went "
+                f"{topic}[{kp}] no longer has offset {offset}, which Bronze committed: the log went "
                 f"backwards (broker restarted empty, topic recreated, or retention removed it). Ingestion of "
                 f"{topic} is stopped so nothing is skipped or read twice; investigate before resuming."
             )
-        if fingerprint(message) != entry.last_record:
+        if fingerprint(message) != entry.first_record:
             raise OffsetsWentBackwardsError(
                 f"{topic}[{kp}] offset {offset} now holds a different record than the one Bronze committed "
-                f"(was {entry.last_record}, now {fingerprint(message)}): the topic was recreated and offsets "
+                f"(was {entry.first_record}, now {fingerprint(message)}): the topic was recreated and offsets "
                 f"reused. Ingestion of {topic} is stopped so nothing is skipped or read twice."
             )

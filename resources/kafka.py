@@ -185,25 +185,34 @@ class KafkaResource(dg.ConfigurableResource):
         finally:
             consumer.close()
 
-    def fetch_one(self, topic: str, partition: int, offset: int, timeout_s: float = 3.0):
-        """The record at `offset`, or None if the log does not hold it (ends before it, or it was removed)."""
+    def fetch_one(self, topic: str, partition: int, offset: int):
+        """The record at `offset`, or None if the log definitely does not hold it.
+
+        Definitely: an EOF or out-of-range answer at or before `offset`, or no answer while even the
+        broker's (possibly stale, never too high) watermark is at or below `offset`. No answer while the
+        watermark says the record exists means the broker is struggling: KafkaUnavailableError.
+        """
         consumer = self._consumer()
         try:
             consumer.assign([TopicPartition(topic, partition, offset)])
-            deadline = time.monotonic() + timeout_s
+            deadline = time.monotonic() + self.timeout_s
             while time.monotonic() < deadline:
                 for m in consumer.consume(num_messages=1, timeout=0.2):
                     err = m.error()
                     if err is None:
                         return m if m.offset() == offset else None
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    if err.code() == KafkaError._PARTITION_EOF and m.offset() <= offset:
                         return None
                     if err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
                         return None
-                    self._raise_for(err, topic, partition, offset)
-            # A reachable broker that returns nothing for an offset before its end would be a broker bug;
-            # the embedded broker answers a fetch past its end exactly like this.
-            return None
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        self._raise_for(err, topic, partition, offset)
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s)
+            if high <= offset:
+                return None
+            raise KafkaUnavailableError(
+                f"{topic}[{partition}] reports offsets up to {high} but did not return offset {offset} within {self.timeout_s}s"
+            )
         finally:
             consumer.close()
 

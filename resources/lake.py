@@ -11,13 +11,10 @@ Publishing is `os.replace` of a fully written file, so a reader sees the old or 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import polars as pl
 from pydantic import Field
 
 from resources.faults import failpoint
+from resources.locks import exclusive_lock, lock_abandoned
 from resources.settings import load_settings
 
 OFFSET_WIDTH = 15
@@ -65,7 +63,7 @@ class LedgerEntry:
     partitions: dict[str, int]  # Bronze partition key -> rows
     dead_letter_rows: int
     run_id: str
-    last_record: dict | None = None  # offset, timestamp, crc32 of the last record: detects a log that changed under us
+    first_record: dict | None = None  # offset, timestamp, crc32 of the range's first record: detects a log that changed under us
 
     @property
     def name(self) -> str:
@@ -190,48 +188,17 @@ class LakeResource(dg.ConfigurableResource):
             ends[e.kafka_partition] = max(ends.get(e.kafka_partition, 0), e.end)
         return ends
 
-    def _lock_path(self, stream: str, name: str) -> Path:
-        return self.path / "_locks" / f"{stream}.{name}.lock"
-
-    @contextmanager
-    def stream_lock(self, stream: str, name: str = "ingest") -> Iterator[None]:
+    def stream_lock(self, stream: str, name: str = "ingest"):
         """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail."""
-        lock_path = self.path / "_locks" / f"{stream}.{name}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return exclusive_lock(self.path / "_locks" / f"{stream}.{name}.lock")
 
-    @contextmanager
-    def run_alive(self, run_id: str) -> Iterator[None]:
+    def run_alive(self, run_id: str):
         """Hold a lock named after the run while it works. The kernel drops it if the process dies; the file
         stays behind, which is how `run_died` tells a killed run from one that is merely waiting."""
-        path = self.path / "_locks" / "runs" / f"{run_id}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                path.unlink(missing_ok=True)
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return exclusive_lock(self.path / "_locks" / "runs" / f"{run_id}.lock", remove_after=True)
 
     def run_died(self, run_id: str) -> bool:
-        path = self.path / "_locks" / "runs" / f"{run_id}.lock"
-        try:
-            f = open(path)
-        except FileNotFoundError:
-            return False  # never started working, or finished cleanly
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # alive
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return path.exists()
+        return lock_abandoned(self.path / "_locks" / "runs" / f"{run_id}.lock")
 
     def staging_dir(self, stream: str, run_id: str) -> Path:
         return self.bronze_dir(stream) / "_staging" / run_id

@@ -6,7 +6,6 @@ chDB allows one process per database path at a time, so every open takes an excl
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from resources.faults import failpoint
+from resources.locks import exclusive_lock
 from resources.settings import load_settings
 
 
@@ -54,17 +54,12 @@ class WarehouseResource(dg.ConfigurableResource):
                 client.close()
             return
         path = Path(self.chdb_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{path}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_lock(path.with_name(path.name + ".lock")):
+            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
             try:
-                client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-                try:
-                    yield client
-                finally:
-                    client.close()
+                yield client
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                client.close()
 
     def ensure_tables(self, ddl: list[str]) -> None:
         with self.client() as c:
