@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 
-from resources.kafka import KafkaResource, OffsetsWentBackwardsError
+from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
 from resources.lake import LakeResource
 
 
@@ -26,7 +26,12 @@ def verify_log_continuity(kafka: KafkaResource, lake: LakeResource, stream: str,
         if not entry.first_record:
             continue
         offset = entry.first_record["offset"]
-        message = kafka.fetch_one(topic, kp, offset)
+        try:
+            message = kafka.fetch_one(topic, kp, offset)
+        except KafkaUnavailableError:
+            # The broker says its log extends past `offset` but did not serve it in time (the embedded broker
+            # sometimes will not serve an old offset at all). Not proof of loss: the read decides.
+            continue
         if message is None:
             raise OffsetsWentBackwardsError(
                 f"{topic}[{kp}] no longer has offset {offset}, which Bronze committed: the log went "

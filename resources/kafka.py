@@ -195,7 +195,7 @@ class KafkaResource(dg.ConfigurableResource):
         consumer = self._consumer()
         try:
             consumer.assign([TopicPartition(topic, partition, offset)])
-            deadline = time.monotonic() + self.timeout_s
+            deadline = time.monotonic() + min(self.timeout_s, 3.0)
             while time.monotonic() < deadline:
                 for m in consumer.consume(num_messages=1, timeout=0.2):
                     err = m.error()
@@ -211,7 +211,7 @@ class KafkaResource(dg.ConfigurableResource):
             if high <= offset:
                 return None
             raise KafkaUnavailableError(
-                f"{topic}[{partition}] reports offsets up to {high} but did not return offset {offset} within {self.timeout_s}s"
+                f"{topic}[{partition}] reports offsets up to {high} but did not return offset {offset} in time"
             )
         finally:
             consumer.close()
