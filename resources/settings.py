@@ -14,8 +14,6 @@ PIPELINE_VERSION = "0.1.0"
 class Settings:
     home: Path
     kafka_bootstrap: str | None  # None: start the embedded Tansu broker
-    embedded_kafka_port: int
-    clickhouse_host: str | None  # None: embedded chDB under home
 
     @property
     def dagster_home(self) -> Path:
@@ -33,20 +31,10 @@ class Settings:
     def run_dir(self) -> Path:
         return self.home / "run"
 
-    @property
-    def embedded_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.embedded_kafka_port}"
-
-    @property
-    def bootstrap(self) -> str:
-        return self.kafka_bootstrap or self.embedded_bootstrap
-
 
 def load_settings() -> Settings:
     home = Path(os.environ.get("MEDALLION_HOME") or REPO_ROOT / ".medallion").resolve()
     return Settings(
         home=home,
         kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
-        embedded_kafka_port=int(os.environ.get("MEDALLION_KAFKA_PORT", "19092")),
-        clickhouse_host=os.environ.get("CLICKHOUSE_HOST") or None,
     )
