@@ -3,7 +3,6 @@ peak RSS of the whole process. Each size runs in a fresh child process so its pe
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone

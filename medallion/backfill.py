@@ -11,6 +11,8 @@ from datetime import timezone
 
 import dagster as dg
 
+from sensors.automation import LAYERS
+
 
 def _parse_bound(key: str) -> dg.TimeWindow:
     for fmt_defs in (dg.HourlyPartitionsDefinition(start_date="2000-01-01-00:00"), dg.DailyPartitionsDefinition(start_date="2000-01-01")):
@@ -22,8 +24,9 @@ def _parse_bound(key: str) -> dg.TimeWindow:
 
 
 def default_selection(defs: dg.Definitions) -> list[dg.AssetKey]:
+    """Every asset in a Silver, Gold or warehouse group (the groups the automation sensors cover)."""
     graph = defs.resolve_asset_graph()
-    return [k for k in graph.materializable_asset_keys if k.to_user_string().split("_")[0] in ("silver", "gold", "warehouse")]
+    return [k for k in graph.materializable_asset_keys if (graph.get(k).group_name or "").rsplit("_", 1)[-1] in LAYERS]
 
 
 def backfill(defs: dg.Definitions, instance: dg.DagsterInstance, start: str, end: str, selection: list[str] | None = None, say=lambda _: None):
