@@ -6,6 +6,8 @@ ledger: files are named by offset range, staged, and committed by a ledger recor
 """
 
 
+import contextlib
+import gc
 import json
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -16,7 +18,8 @@ import polars as pl
 from assets import keys
 from assets.partitions import partition_key_expr, partition_start
 from assets.spec import StreamSpec
-from assets.transforms.bronze import BronzeRules, bronze_schema, parse_messages
+from assets.bronze_stage import BronzeStage
+from assets.transforms.bronze import BronzeParser, BronzeRules, bronze_schema
 from resources.continuity import fingerprint, verify_log_continuity
 from resources.faults import failpoint
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
@@ -105,39 +108,57 @@ def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
     return bronze
 
 
-def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: KafkaResource, lake: LakeResource, start: dict[int, int], max_records: int) -> list[LedgerEntry]:
-    """Read from `start` to the end of the log (or `max_records`), stage the files, commit them."""
-    now = datetime.now(timezone.utc)
-    bronze_frames, dead_frames = [], []
-    last: dict[int, int] = {}
-    first_message: dict[int, object] = {}
-    for batch in kafka.read(spec.topic, start, max_records):
-        if batch.messages:
-            parsed = parse_messages(batch.messages, rules, now)
-            bronze_frames.append(parsed.bronze)
-            dead_frames.append(parsed.dead_letter)
-            for m in batch.messages:  # batches are in offset order per partition
-                last[m.partition()] = m.offset()
-                first_message.setdefault(m.partition(), m)
-    if not last:
-        return []
-    failpoint("ingest.after_read")
+@contextlib.contextmanager
+def cyclic_gc_paused():
+    """The read loop allocates millions of short-lived, acyclic objects; the cycle collector would
+    rescan the growing heap over and over (measured: half the ingest time). Reference counting frees them."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
-    bronze = pl.concat(bronze_frames).with_columns(pk_expr.alias("__pk"))
-    dead = pl.concat(dead_frames)
+
+def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: KafkaResource, lake: LakeResource, start: dict[int, int], max_records: int) -> list[LedgerEntry]:
+    """Read from `start` to the end of the log (or `max_records`), staging Bronze files as blocks are
+    parsed, then commit them."""
+    now = datetime.now(timezone.utc)
+    parser = BronzeParser(rules, now)
     staging = lake.staging_dir(spec.name, context.run_id)
+    stage = BronzeStage(staging, pk_expr, start)
+    first_message: dict[int, object] = {}
+    try:
+        with cyclic_gc_paused():
+            for batch in kafka.read(spec.topic, start, max_records):
+                if not batch.messages:
+                    continue
+                parser.feed(batch.messages)
+                for block in parser.drain():
+                    stage.add(block)
+                if len(first_message) < len(start):
+                    for m in batch.messages:  # batches are in offset order per partition
+                        first_message.setdefault(m.partition(), m)
+        if not first_message:
+            return []
+        failpoint("ingest.after_read")
+        parsed = parser.finish()
+        stage.add(parsed.bronze)
+        ends = dict(stage.last_offsets)
+        for kp, offset in parsed.dead_letter.group_by("kafka_partition").agg(pl.col("kafka_offset").max()).iter_rows():
+            ends[kp] = max(ends.get(kp, -1), offset)
+        ends = {kp: offset + 1 for kp, offset in ends.items()}
+        counts = stage.close(ends)
+    except BaseException:
+        stage.abort()
+        raise
+    dead = parsed.dead_letter
     entries = []
-    for kp, last_offset in sorted(last.items()):
-        rng = f"p{kp}-{start[kp]:0{OFFSET_WIDTH}d}-{last_offset + 1:0{OFFSET_WIDTH}d}.parquet"
-        files, counts = [], {}
-        mine = bronze.filter(pl.col("kafka_partition") == kp)
-        for (pk,), rows in mine.partition_by("__pk", as_dict=True, maintain_order=True).items():
-            rel = f"{partition_dirname(pk)}/{rng}"
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            rows.drop("__pk").write_parquet(staging / rel, compression="zstd", compression_level=1)
-            files.append(rel)
-            counts[pk] = rows.height
-            failpoint("ingest.mid_stage")
+    for kp, end in sorted(ends.items()):
+        rng = f"p{kp}-{start[kp]:0{OFFSET_WIDTH}d}-{end:0{OFFSET_WIDTH}d}.parquet"
+        kp_counts = counts.get(kp, {})
+        files = [f"{partition_dirname(pk)}/{rng}" for pk in kp_counts]
         dl = dead.filter(pl.col("kafka_partition") == kp)
         if dl.height:
             rel = f"dead_letter/{rng}"
@@ -148,9 +169,9 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
             LedgerEntry(
                 kafka_partition=kp,
                 start=start[kp],
-                end=last_offset + 1,
+                end=end,
                 files=files,
-                partitions=counts,
+                partitions=kp_counts,
                 dead_letter_rows=dl.height,
                 run_id=context.run_id,
                 first_record=fingerprint(first_message[kp]),
@@ -160,7 +181,7 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
     lake.commit_bronze(spec.name, staging, entries)
     failpoint("ingest.after_commit")
     context.log.info(
-        f"committed {bronze.height} bronze + {dead.height} dead-letter records: "
+        f"committed {stage.rows} bronze + {dead.height} dead-letter records: "
         + ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in entries)
     )
     return entries

@@ -107,3 +107,83 @@ def test_event_time_bool_is_rejected():
 def test_future_tolerance_allows_small_clock_skew():
     ts = (NOW + timedelta(minutes=2)).isoformat()
     assert parse(msg(json.dumps({**GOOD, "ts": ts}).encode())).bronze.height == 1
+
+
+def _edge_values():
+    """Good records next to every near-miss the fast path must hand to the reference path."""
+    def enc(**over):
+        return json.dumps({**GOOD, **over}).encode()
+
+    return [
+        enc(),
+        enc(value=21),  # integer number
+        enc(value=True),  # bool is not a number
+        enc(value=None),
+        enc(value="21.5"),
+        enc(sensor_id=7),
+        json.dumps({k: v for k, v in GOOD.items() if k != "location"}).encode(),
+        enc(ts="2026-11-20T11:59:00Z"),
+        enc(ts="2026-11-20T11:59:00.5+00:00"),
+        enc(ts="2026-11-20T11:59:00.1234567+02:00"),  # beyond microseconds: truncated by both paths
+        enc(ts="2026-11-20 11:59:00+00:00"),  # space separator: only the reference path accepts it
+        enc(ts="2026-11-20T11:59:00+0000"),
+        enc(ts="2026-11-20T11:59:60+00:00"),
+        enc(ts="2026-1-20T11:59:00+00:00"),
+        enc(ts="2026-11-20T12:05:00+00:00"),  # inside the future tolerance
+        enc(ts="2026-11-20T12:05:01+00:00"),  # just past it
+        enc(ts="2026-01-01T00:00:00+00:00"),  # the first partition's first instant
+        enc(ts="2025-12-31T23:59:59.999999+00:00"),
+        enc(ts=1763639940000),  # epoch milliseconds
+        enc(ts=1763639940000.5),
+        enc(extra={"nested": [1, 2, {"x": "\u00e9"}]}),
+        enc()[:-1] + b', "note": "\xff"}',  # invalid UTF-8 inside a field nobody reads
+        b"  " + enc() + b"\n",
+        enc() + b" trailing",
+        enc().replace(b'"sensor_id": "s1"', b'"sensor_id": "s1", "sensor_id": "s2"'),  # duplicate key: last wins
+        enc().replace(b"21.5", b"1e400"),
+        enc().replace(b"21.5", b"123456789012345678901234567890"),
+        enc().replace(b'"s1"', b'"\\ud800"'),
+        b"",
+        b"null",
+    ]
+
+
+def test_batch_parse_equals_the_reference_path_record_by_record():
+    """The vectorized fast path must never change an outcome: each record alone (through any path) and the
+    whole batch together give the same Bronze rows and dead-letter reasons."""
+    values = _edge_values()
+    keys = [b"s1"] * len(values)
+    keys[3] = None  # a null key next to a bad value
+    keys[0] = b"\xff-not-utf8-key"
+    messages = [msg(v, key=k, offset=i) for i, (v, k) in enumerate(zip(values, keys))]
+    together = parse(*messages)
+    singles = [parse(m) for m in messages]
+    import polars as pl
+
+    alone_bronze = pl.concat([s.bronze for s in singles])
+    alone_dead = pl.concat([s.dead_letter for s in singles])
+    assert together.bronze.drop("ingested_at").to_dicts() == alone_bronze.drop("ingested_at").to_dicts()
+    assert together.dead_letter.drop("ingested_at").to_dicts() == alone_dead.drop("ingested_at").to_dicts()
+    assert together.bronze.height + together.dead_letter.height == len(values)
+    # Fed in small batches and flushed in tiny blocks (as an ingest run does), nothing changes either.
+    from assets.transforms.bronze import BronzeParser
+
+    streamed = BronzeParser(bronze_rules(IOT), NOW, block_rows=3)
+    for i in range(0, len(messages), 4):
+        streamed.feed(messages[i : i + 4])
+    streamed = streamed.finish()
+    assert streamed.bronze.drop("ingested_at").to_dicts() == together.bronze.drop("ingested_at").to_dicts()
+    assert streamed.dead_letter.drop("ingested_at").to_dicts() == together.dead_letter.drop("ingested_at").to_dicts()
+    # And both agree with the reference implementation itself.
+    from assets.transforms.bronze import _slow_row, coordinates
+
+    dead: list = []
+    reference = [_slow_row(coordinates(m), m.value(), bronze_rules(IOT), NOW, dead) for m in messages]
+    kept = [r for r in reference if r is not None]
+    assert together.bronze["parse_issues"].to_list() == [r["parse_issues"] for r in kept]
+    assert together.bronze["event_time"].to_list() == [r["event_time"] for r in kept]
+    assert together.bronze["value"].to_list() == [r["value"] for r in kept]
+    assert together.dead_letter["error"].to_list() == [e for *_, e in dead]
+    assert together.dead_letter["kafka_offset"].to_list() == [c[2] for _, c, *_ in dead]
+    # Integer numbers are numbers.
+    assert together.bronze.filter(pl.col("kafka_offset") == 1)["value"].to_list() == [21.0]

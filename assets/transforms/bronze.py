@@ -8,12 +8,15 @@ re-deriving Silver from Bronze never needs Kafka.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import polars as pl
 
 UTC = timezone.utc
@@ -71,6 +74,10 @@ def _typed(value, kind: str):
         return float(value), None
     if not isinstance(value, str):
         return None, f"must be a string, got {_TYPE_NAMES.get(type(value), 'null' if value is None else type(value).__name__)}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may escape half a surrogate pair ("\\ud800"); no text column can hold it
+        return None, "contains an unpaired UTF-16 surrogate escape"
     return value, None
 
 
@@ -106,111 +113,253 @@ class ParsedBatch:
 
 
 def parse_messages(messages: Sequence, rules: BronzeRules, now: datetime) -> ParsedBatch:
-    """Split confluent-kafka messages into Bronze rows and dead-letter rows (with their reasons).
+    """Split confluent-kafka messages into Bronze rows and dead-letter rows (with their reasons)."""
+    parser = BronzeParser(rules, now)
+    parser.feed(messages)
+    return parser.finish()
 
-    The hot loop does only what needs Python per record (decode, JSON, event time, field types); the
-    Kafka coordinates are gathered afterwards in bulk.
+
+class BronzeParser:
+    """Parses a stream of messages fed in small batches into blocks of Bronze rows, each in message order.
+
+    Two paths with one outcome. The fast path decodes each record with a typed msgspec decoder (JSON syntax,
+    field presence and types, in C) and parses event times as one polars column per block; it accepts only
+    records that are unambiguously good. Everything else (a decode error, a missing, null or mistyped field,
+    a numeric or unusual timestamp, an out-of-range time) goes through `_slow_row`, the reference
+    implementation that names the reason. Feed about a thousand messages at a time and let them go: a million
+    live Message objects cost more to allocate than parsing them does. Take finished blocks with `drain()`
+    as you go (bounded memory), and the rest plus all dead letters with `finish()`.
     """
-    latest = now + rules.future_tolerance
-    earliest = rules.earliest
-    limit = rules.max_message_bytes
-    ts_field = rules.event_time_field
-    fields = list(rules.fields)
-    numbers = [name for name, kind in fields if kind == "number"]
-    loads = _fast_loads
-    number_types = (int, float)
 
-    good_msgs: list = []
-    texts: list[str] = []
-    times: list[datetime] = []
-    columns: dict[str, list] = {name: [] for name, _ in fields}
-    field_columns = [(name, kind, columns[name]) for name, kind in fields]
-    issues_col: list = []
-    dead_rows: list[tuple] = []  # (message, raw, error_class, error)
+    def __init__(self, rules: BronzeRules, now: datetime, block_rows: int = 65_536):
+        self.rules, self.now, self.block_rows = rules, now, block_rows
+        self.schema = bronze_schema(rules)
+        self._decode = _decoder(tuple(rules.fields), rules.event_time_field).decode
+        self._getter = operator.attrgetter(*[f"f{j}" for j in range(len(rules.fields))], "ts")
+        self._seq = 0
+        self._blocks: list[pl.DataFrame] = []
+        self._slow_rows: list[dict] = []
+        self._dead_rows: list[tuple] = []
+        self._new_block()
 
-    for m in messages:
-        raw = m.value()
-        if not raw:
-            dead_rows.append((m, raw, "empty", "empty message (no value bytes)"))
-            continue
-        if len(raw) > limit:
-            dead_rows.append((m, raw[:1024], "oversized", f"message is {len(raw)} bytes, over the {limit}-byte limit (first 1 KiB kept)"))
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            dead_rows.append((m, raw, "not_utf8", f"payload is not valid UTF-8: {exc.reason} at byte {exc.start}"))
-            continue
-        try:
-            obj = loads(text)
-        except _NonFinite as exc:
-            dead_rows.append((m, raw, "non_finite", str(exc)))
-            continue
-        except ValueError as exc:
-            dead_rows.append((m, raw, "invalid_json", f"invalid JSON: {exc}"))
-            continue
-        if type(obj) is not dict:
-            dead_rows.append((m, raw, "not_object", f"JSON is {_TYPE_NAMES.get(type(obj), 'null' if obj is None else type(obj).__name__)}, not an object"))
-            continue
-        raw_ts = obj.get(ts_field, _MISSING)
-        if raw_ts is _MISSING:
-            dead_rows.append((m, raw, "missing_event_time", f"missing required field '{ts_field}'"))
-            continue
-        try:
-            event_time = parse_event_time(raw_ts)
-        except ValueError as exc:
-            dead_rows.append((m, raw, "bad_event_time", f"field '{ts_field}': {exc}"))
-            continue
-        if event_time < earliest:
-            dead_rows.append((m, raw, "before_first_partition", f"event time {event_time.isoformat()} is before the first partition ({earliest.isoformat()})"))
-            continue
-        if event_time > latest:
-            dead_rows.append((m, raw, "future_event_time", f"event time {event_time.isoformat()} is more than {int(rules.future_tolerance.total_seconds())}s ahead of ingestion time {now.isoformat()}"))
-            continue
-        issues = None
-        for name, kind, col in field_columns:
-            value = obj.get(name, _MISSING)
-            if kind == "number":
-                if type(value) in number_types:
-                    col.append(value)
+    def _new_block(self) -> None:
+        self._b_seq: list[int] = []
+        self._b_values: list[bytes] = []
+        self._b_records: list[tuple] = []
+        self._b_coords: list[list] = [[], [], [], [], []]  # topic, partition, offset, timestamp, key
+        self._slow_rows = []
+
+    def feed(self, messages: Sequence) -> None:
+        values = [m.value() for m in messages]
+        utf8_checked = _all_utf8(values)
+        decode, getter, limit = self._decode, self._getter, self.rules.max_message_bytes
+        seqs, vals, records = self._b_seq, self._b_values, self._b_records
+        slow: list[int] = []
+        seq = self._seq
+        for i, v in enumerate(values):
+            if v and len(v) <= limit:
+                try:
+                    if not utf8_checked:
+                        v.decode("utf-8")
+                    records.append(getter(decode(v)))
+                    vals.append(v)
+                    seqs.append(seq + i)
                     continue
-            elif type(value) is str:
-                col.append(value)
-                continue
-            col.append(None)
-            issue = f"missing required field '{name}'" if value is _MISSING else f"field '{name}' {_typed(value, kind)[1]}"
-            issues = issue if issues is None else f"{issues}; {issue}"
-        good_msgs.append(m)
-        texts.append(text)
-        times.append(event_time)
-        issues_col.append(issues)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                    pass
+            slow.append(i)
+        self._seq += len(messages)
+        if slow:
+            skip = set(slow)
+            fast = [m for i, m in enumerate(messages) if i not in skip]
+        else:
+            fast = messages
+        topic, part, offset, stamp, key = self._b_coords
+        topic += [m.topic() for m in fast]
+        part += [m.partition() for m in fast]
+        offset += [m.offset() for m in fast]
+        stamp += [t[1] if t[0] else None for t in (m.timestamp() for m in fast)]
+        key += [m.key() for m in fast]
+        for i in slow:
+            self._reference(seq + i, coordinates(messages[i]), values[i])
+        if len(vals) + len(self._slow_rows) >= self.block_rows:
+            self._flush()
 
-    # Coordinates in bulk, outside the hot loop.
-    keys = [m.key() for m in good_msgs]
-    null_key = f"message key is null (expected the {rules.key_field})"
-    if None in keys:
-        issues_col = [
-            (null_key if issue is None else f"{issue}; {null_key}") if k is None else issue for k, issue in zip(keys, issues_col)
-        ]
-    schema = bronze_schema(rules)
-    data = {
-        "kafka_topic": [m.topic() for m in good_msgs],
-        "kafka_partition": [m.partition() for m in good_msgs],
-        "kafka_offset": [m.offset() for m in good_msgs],
-        "kafka_timestamp": [t if kind else None for kind, t in (m.timestamp() for m in good_msgs)],
-        "kafka_key": [k.decode("utf-8", "replace") if k is not None else None for k in keys],
-        "payload": texts,
-        "event_time": times,
-        **{name: (pl.Series(name, columns[name], dtype=pl.Float64, strict=False) if name in numbers else columns[name]) for name, _ in fields},
-        "parse_issues": issues_col,
+    def drain(self) -> list[pl.DataFrame]:
+        """Finished blocks of Bronze rows (schema `bronze_schema`), in message order; they are handed over once."""
+        blocks, self._blocks = self._blocks, []
+        return blocks
+
+    def finish(self) -> ParsedBatch:
+        """Every Bronze row not yet drained, and every dead letter."""
+        self._flush()
+        blocks = self.drain()
+        bronze = pl.concat(blocks) if blocks else pl.DataFrame(schema=self.schema)
+        return ParsedBatch(bronze=bronze, dead_letter=_dead_letter_frame(sorted(self._dead_rows, key=lambda d: d[0]), self.now))
+
+    def _flush(self) -> None:
+        """Turn the block's Python lists into columns; send rows whose event time polars cannot vouch for to
+        the reference path; merge the reference path's rows back in message order."""
+        if not self._b_values and not self._slow_rows:
+            return
+        rules, schema = self.rules, self.schema
+        columns = list(zip(*self._b_records)) or [[] for _ in range(len(rules.fields) + 1)]
+        data = {
+            "__seq": pl.Series(self._b_seq, dtype=pl.Int64),
+            **_coordinate_columns(self._b_coords),
+            "payload": pl.Series(self._b_values, dtype=pl.Binary).cast(pl.String),
+            "event_time": pl.Series(columns[-1], dtype=pl.String),
+        }
+        for j, (name, kind) in enumerate(rules.fields):
+            data[name] = pl.Series(name, columns[j], dtype=schema[name])
+        block = pl.DataFrame(data)
+        parsed = pl.col("event_time").str.to_datetime(_ISO_FORMAT, strict=False, time_unit="us", time_zone="UTC")
+        ok = (pl.col("event_time").str.contains(_ISO_PATTERN) & parsed.is_between(rules.earliest, self.now + rules.future_tolerance)).fill_null(False)
+        null_key = f"message key is null (expected the {rules.key_field})"
+        block = block.with_columns(
+            parsed.alias("event_time"),
+            ok.alias("__ok"),
+            pl.when(pl.col("kafka_key").is_null()).then(pl.lit(null_key)).otherwise(pl.lit(None, pl.String)).alias("parse_issues"),
+        )
+        if not block["__ok"].all():
+            for pos in block.with_row_index("__pos").filter(~pl.col("__ok"))["__pos"].to_list():
+                coords = tuple(c[pos] for c in self._b_coords)
+                self._reference(self._b_seq[pos], coords, self._b_values[pos])
+            block = block.filter(pl.col("__ok"))
+        block = block.drop("__ok")
+        if self._slow_rows:
+            rows = self._slow_rows
+            slow = pl.DataFrame(
+                {
+                    "__seq": pl.Series([r["__seq"] for r in rows], dtype=pl.Int64),
+                    **_coordinate_columns(_transpose([r["__coords"] for r in rows])),
+                    **{k: pl.Series(k, [r[k] for r in rows], dtype=schema[k]) for k in ("payload", "event_time", *(f for f, _ in rules.fields), "parse_issues")},
+                }
+            )
+            block = pl.concat([block, slow.select(block.columns)]).sort("__seq")
+        ingested_at = pl.lit(self.now).cast(pl.Datetime("us", "UTC")).alias("ingested_at")
+        self._blocks.append(block.with_columns(ingested_at).select(list(schema)))
+        self._new_block()
+
+    def _reference(self, seq: int, coords: tuple, raw) -> None:
+        row = _slow_row(coords, raw, self.rules, self.now, self._dead_rows, seq)
+        if row is not None:
+            self._slow_rows.append({"__seq": seq, "__coords": coords, **row})
+
+
+def coordinates(m) -> tuple:
+    """(topic, partition, offset, timestamp ms or None, key bytes or None) of a Kafka message."""
+    kind, ms = m.timestamp()
+    return (m.topic(), m.partition(), m.offset(), ms if kind else None, m.key())
+
+
+# What the fast path accepts as an event time: the plain ISO-8601 forms on which polars and
+# datetime.fromisoformat agree; anything else is decided by the reference path.
+_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
+_ISO_PATTERN = r"^\d{4}-[01]\d-[0-3]\dT[0-2]\d:[0-5]\d:[0-5]\d(\.\d{1,9})?(Z|[+-][01]\d:[0-5]\d)$"
+
+
+@functools.lru_cache(maxsize=64)
+def _decoder(fields: tuple[tuple[str, str], ...], event_time_field: str) -> msgspec.json.Decoder:
+    """A decoder that succeeds only for a JSON object with every field present and of its type."""
+    struct_fields = [(f"f{j}", float if kind == "number" else str) for j, (_, kind) in enumerate(fields)]
+    rename = {f"f{j}": name for j, (name, _) in enumerate(fields)}
+    if event_time_field in rename.values():
+        raise ValueError(f"event time field {event_time_field!r} must not also be a typed field")
+    struct_fields.append(("ts", str))
+    rename["ts"] = event_time_field
+    return msgspec.json.Decoder(msgspec.defstruct("FastRecord", struct_fields, rename=rename))
+
+
+def _all_utf8(values: list) -> bool:
+    # The newline separator keeps a truncated sequence at the end of one value from pairing with the next.
+    try:
+        b"\n".join(v or b"" for v in values).decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _transpose(coords: list[tuple]) -> list[list]:
+    return [list(c) for c in zip(*coords)] if coords else [[], [], [], [], []]
+
+
+def _coordinate_columns(columns: Sequence[list]) -> dict[str, pl.Series]:
+    """Columns of (topic, partition, offset, timestamp ms, key bytes)."""
+    topic, part, offset, stamp, keys = columns
+    key_series = pl.Series(keys, dtype=pl.Binary)
+    try:
+        key_text = key_series.cast(pl.String)
+    except pl.exceptions.PolarsError:  # a key that is not UTF-8: keep it readable
+        key_text = pl.Series([k.decode("utf-8", "replace") if k is not None else None for k in keys], dtype=pl.String)
+    return {
+        "kafka_topic": pl.Series(topic, dtype=pl.String),
+        "kafka_partition": pl.Series(part, dtype=pl.Int32),
+        "kafka_offset": pl.Series(offset, dtype=pl.Int64),
+        "kafka_timestamp": pl.Series(stamp, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
+        "kafka_key": key_text,
     }
-    bronze = pl.DataFrame(data, schema_overrides={k: (pl.Int64 if k == "kafka_timestamp" else v) for k, v in schema.items() if k != "ingested_at"})
-    bronze = bronze.with_columns(
-        pl.col("kafka_timestamp").cast(pl.Datetime("ms", "UTC")),
-        pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
-        pl.col("event_time").cast(pl.Datetime("us", "UTC")),
-    ).select(list(schema))
-    return ParsedBatch(bronze=bronze, dead_letter=_dead_letter_frame(dead_rows, now))
+
+
+def _slow_row(coords: tuple, raw, rules: BronzeRules, now: datetime, dead_rows: list, seq: int = 0) -> dict | None:
+    """The reference path for one record (its `coordinates`): a Bronze row, or None after appending
+    (seq, coords, kept bytes, error class, reason) to `dead_rows`."""
+    if not raw:
+        dead_rows.append((seq, coords, raw, "empty", "empty message (no value bytes)"))
+        return None
+    limit = rules.max_message_bytes
+    if len(raw) > limit:
+        dead_rows.append((seq, coords, raw[:1024], "oversized", f"message is {len(raw)} bytes, over the {limit}-byte limit (first 1 KiB kept)"))
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        dead_rows.append((seq, coords, raw, "not_utf8", f"payload is not valid UTF-8: {exc.reason} at byte {exc.start}"))
+        return None
+    try:
+        obj = _fast_loads(text)
+    except _NonFinite as exc:
+        dead_rows.append((seq, coords, raw, "non_finite", str(exc)))
+        return None
+    except ValueError as exc:
+        dead_rows.append((seq, coords, raw, "invalid_json", f"invalid JSON: {exc}"))
+        return None
+    if type(obj) is not dict:
+        dead_rows.append((seq, coords, raw, "not_object", f"JSON is {_TYPE_NAMES.get(type(obj), 'null' if obj is None else type(obj).__name__)}, not an object"))
+        return None
+    ts_field = rules.event_time_field
+    raw_ts = obj.get(ts_field, _MISSING)
+    if raw_ts is _MISSING:
+        dead_rows.append((seq, coords, raw, "missing_event_time", f"missing required field '{ts_field}'"))
+        return None
+    try:
+        event_time = parse_event_time(raw_ts)
+    except ValueError as exc:
+        dead_rows.append((seq, coords, raw, "bad_event_time", f"field '{ts_field}': {exc}"))
+        return None
+    if event_time < rules.earliest:
+        dead_rows.append((seq, coords, raw, "before_first_partition", f"event time {event_time.isoformat()} is before the first partition ({rules.earliest.isoformat()})"))
+        return None
+    latest = now + rules.future_tolerance
+    if event_time > latest:
+        dead_rows.append((seq, coords, raw, "future_event_time", f"event time {event_time.isoformat()} is more than {int(rules.future_tolerance.total_seconds())}s ahead of ingestion time {now.isoformat()}"))
+        return None
+    row = {"payload": text, "event_time": event_time}
+    issues = []
+    for name, kind in rules.fields:
+        value = obj.get(name, _MISSING)
+        if value is _MISSING:
+            row[name] = None
+            issues.append(f"missing required field '{name}'")
+            continue
+        typed, issue = _typed(value, kind)
+        row[name] = typed
+        if issue:
+            issues.append(f"field '{name}' {issue}")
+    if coords[4] is None:
+        issues.append(f"message key is null (expected the {rules.key_field})")
+    row["parse_issues"] = "; ".join(issues) or None
+    return row
 
 
 _MISSING = object()
@@ -230,22 +379,13 @@ def _fast_loads(text: str):
 
 
 def _dead_letter_frame(rows: list[tuple], now: datetime) -> pl.DataFrame:
-    def key(m):
-        k = m.key()
-        return k.decode("utf-8", "replace") if k is not None else None
-
-    data = {
-        "kafka_topic": [m.topic() for m, *_ in rows],
-        "kafka_partition": [m.partition() for m, *_ in rows],
-        "kafka_offset": [m.offset() for m, *_ in rows],
-        "kafka_timestamp": [m.timestamp()[1] if m.timestamp()[0] else None for m, *_ in rows],
-        "kafka_key": [key(m) for m, *_ in rows],
-        "payload": [raw for _, raw, _, _ in rows],
-        "error_class": [cls for _, _, cls, _ in rows],
-        "error": [err for _, _, _, err in rows],
-    }
-    schema = {k: (pl.Int64 if k == "kafka_timestamp" else v) for k, v in DEAD_LETTER_SCHEMA.items() if k != "ingested_at"}
-    return pl.DataFrame(data, schema=schema).with_columns(
-        pl.col("kafka_timestamp").cast(pl.Datetime("ms", "UTC")),
-        pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+    schema = {k: v for k, v in DEAD_LETTER_SCHEMA.items() if k != "ingested_at"}
+    frame = pl.DataFrame(
+        {
+            **_coordinate_columns(_transpose([coords for _, coords, *_ in rows])),
+            "payload": pl.Series([raw for _, _, raw, _, _ in rows], dtype=pl.Binary),
+            "error_class": pl.Series([cls for *_, cls, _ in rows], dtype=pl.String),
+            "error": pl.Series([err for *_, err in rows], dtype=pl.String),
+        }
     )
+    return frame.cast(schema).with_columns(pl.lit(now).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
