@@ -34,7 +34,7 @@ def main() -> None:
     home = scratch_home("freshness")
 
     from assets.streams.iot import IOT
-    from medallion.simulator import SimulatorConfig, SimulatorStats, generate
+    from medallion.simulator import SIMULATOR_LINGER_MS, SimulatorConfig, SimulatorStats, generate
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from resources.config import platform_resources
     from resources.embedded_broker import stop_broker
@@ -57,7 +57,7 @@ def main() -> None:
     def producer() -> None:
         # Clean data (no malformed/duplicates/late), so the warehouse count maps to the produced sequence.
         cfg = SimulatorConfig(events=args.rate * args.duration, rate=0, malformed_share=0, duplicate_share=0, late_share=0, anomaly_share=0.02)
-        p = kafka.producer({"linger.ms": 5})
+        p = kafka.producer({"linger.ms": SIMULATOR_LINGER_MS})
         began = time.time()
         for n, (key, _) in enumerate(generate(cfg, SimulatorStats())):
             if stop.is_set():

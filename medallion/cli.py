@@ -62,7 +62,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     from medallion.definitions import build_definitions
     from medallion.driver import drive
     from medallion.bad_input import corpus, produce_corpus
-    from medallion.simulator import produce
+    from medallion.simulator import SIMULATOR_LINGER_MS, produce
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from medallion.summary import platform_summary
 
@@ -76,7 +76,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     if simulate:
         for spec in STREAMS:
             cfg = simulator_config(args, events=args.events)
-            stats = produce(resources["kafka"].producer(), spec.topic, cfg)
+            stats = produce(resources["kafka"].producer({"linger.ms": SIMULATOR_LINGER_MS}), spec.topic, cfg)
             produced += stats.produced
             say(f"simulated {stats.produced} events into {spec.topic} ({stats.malformed} malformed, {stats.duplicates} duplicates, {stats.late} late)")
             for i in range(args.bad_input):
@@ -168,14 +168,14 @@ def cmd_broker(args) -> int:
 
 def cmd_simulate(args) -> int:
     from assets.streams import STREAMS
-    from medallion.simulator import produce
+    from medallion.simulator import SIMULATOR_LINGER_MS, produce
 
     spec = next(s for s in STREAMS if s.name == args.stream)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     cfg = simulator_config(args, events=args.events, rate=args.rate)
     try:
-        stats = produce(_resources()["kafka"].producer(), spec.topic, cfg, should_stop=lambda: stop["now"])
+        stats = produce(_resources()["kafka"].producer({"linger.ms": SIMULATOR_LINGER_MS}), spec.topic, cfg, should_stop=lambda: stop["now"])
     except KeyboardInterrupt:
         return 0
     print(json.dumps(stats.__dict__))
