@@ -32,7 +32,11 @@ def _band(i: int) -> pl.Expr:
 
 def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext) -> SilverOutput:
     """`valid`: Bronze rows that passed the row contract. `context`: earlier Silver rows (z-score history)."""
-    rows = valid.sort("kafka_partition", "kafka_offset")
+    # Bronze is read file by file in Kafka partition/offset order; sort (a full copy) only if it is not.
+    in_order = valid.select(
+        ((pl.col("kafka_partition").diff() > 0) | ((pl.col("kafka_partition").diff() == 0) & (pl.col("kafka_offset").diff() > 0))).fill_null(True).all()
+    ).item()
+    rows = valid if in_order else valid.sort("kafka_partition", "kafka_offset")
 
     # 1. event_id: the first by Kafka partition/offset wins; a later copy with other content is reported.
     #    Only the (rare) repeated ids are compared, so the common case costs one hash pass.
@@ -55,41 +59,52 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
         ).drop(helper)
         rows = rows.filter(is_first)
 
-    # 2. rolling z-score against the previous readings of the same sensor (current excluded), in event-time
-    #    order; context rows (earlier partition) extend each sensor's history.
     cur = rows.select(
         "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time",
         pl.col("kafka_topic").alias("source_topic"), pl.col("kafka_partition").cast(pl.Int64).alias("source_partition"),
-        pl.col("kafka_offset").alias("source_offset"), "ingested_at", pl.lit(False).alias("__context"),
+        pl.col("kafka_offset").alias("source_offset"), "ingested_at",
     )  # fmt: skip
-    parts = [cur]
+
+    # 2. rolling z-score against the previous readings of the same sensor (current excluded), in event-time
+    #    order; context rows (earlier partition) extend each sensor's history. Computed on a narrow frame
+    #    (row index + the columns it needs) and joined back by row index: the wide rows never move.
+    key_columns = ["sensor_id", "event_time", "value", "source_partition", "source_offset"]
+    parts = [cur.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("__idx"), *key_columns, pl.lit(False).alias("__context"))]
     if context is not None and context.height:
         hist = (
             context.sort("event_time", "source_partition", "source_offset")
             .group_by("sensor_id", maintain_order=True)
             .tail(ZSCORE_WINDOW)
-            .select(cur.columns[:-1])
-            .with_columns(pl.lit(True).alias("__context"))
+            .select(pl.lit(None, pl.Int64).alias("__idx"), *key_columns, pl.lit(True).alias("__context"))
         )
-        parts.insert(0, hist.cast(cur.schema))
-    allrows = pl.concat(parts).sort("sensor_id", "event_time", "__context", "source_partition", "source_offset", descending=[False, False, True, False, False])
+        parts.insert(0, hist.cast(parts[0].schema))
+    # Categorical sensor ids sort faster; any grouping order works, only event time order within a sensor matters.
+    allrows = (
+        pl.concat(parts)
+        .with_columns(pl.col("sensor_id").cast(pl.Categorical))
+        .sort("sensor_id", "event_time", "__context", "source_partition", "source_offset", descending=[False, False, True, False, False])
+    )
 
     # 3. one reading per sensor per instant: after the sort, repeats are adjacent and the first is the
     #    lowest Kafka partition/offset (history from the previous partition wins over a repeat of it).
     repeat = (pl.col("sensor_id") == pl.col("sensor_id").shift(1)) & (pl.col("event_time") == pl.col("event_time").shift(1))
-    before = allrows.filter(~pl.col("__context")).height
-    allrows = allrows.filter(~repeat.fill_null(False))
-    dup_sensor_time = before - allrows.filter(~pl.col("__context")).height
-
     prev = pl.col("value").shift(1)
-    allrows = allrows.with_columns(
-        prev.rolling_mean(ZSCORE_WINDOW, min_samples=ZSCORE_MIN_HISTORY).over("sensor_id").alias("__mean"),
-        prev.rolling_std(ZSCORE_WINDOW, min_samples=ZSCORE_MIN_HISTORY, ddof=1).over("sensor_id").alias("__std"),
+    scored = (
+        allrows.filter(~repeat.fill_null(False))
+        .with_columns(
+            prev.rolling_mean(ZSCORE_WINDOW, min_samples=ZSCORE_MIN_HISTORY).over("sensor_id").alias("__mean"),
+            prev.rolling_std(ZSCORE_WINDOW, min_samples=ZSCORE_MIN_HISTORY, ddof=1).over("sensor_id").alias("__std"),
+        )
+        .filter(~pl.col("__context"))
+        .select("__idx", pl.when(pl.col("__std") > 0).then((pl.col("value") - pl.col("__mean")) / pl.col("__std")).alias("z_score"))
+        .sort("__idx")
     )
-    z = pl.when(pl.col("__std") > 0).then((pl.col("value") - pl.col("__mean")) / pl.col("__std"))
+    del allrows
+    dup_sensor_time = cur.height - scored.height
+    if dup_sensor_time:
+        cur = cur.filter(pl.int_range(pl.len(), dtype=pl.Int64).is_in(scored["__idx"].implode()))
     out = (
-        allrows.filter(~pl.col("__context"))
-        .with_columns(z.alias("z_score"))
+        cur.with_columns(scored["z_score"])
         .with_columns(
             (
                 (pl.col("z_score").abs() > ZSCORE_THRESHOLD).fill_null(False)
@@ -99,7 +114,7 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
             pl.lit(ctx.processed_at).cast(pl.Datetime("us", "UTC")).alias("processed_at"),
             pl.lit(ctx.pipeline_version).alias("pipeline_version"),
         )
-        .select(SILVER_COLUMNS)  # ordered by sensor, then event time
+        .select(SILVER_COLUMNS)  # in Kafka partition/offset order
     )
     return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=exact_dups + dup_sensor_time)
 
