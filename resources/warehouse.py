@@ -79,7 +79,9 @@ class WarehouseResource(dg.ConfigurableResource):
         with self.client() as c:
             c.command(f"DROP TABLE IF EXISTS {scratch}")
             c.command(f"CREATE TABLE {scratch} AS {table}")
-            c.insert_arrow(scratch, data)
+            # One block, one part: the swap then moves a single part, and no squashing pass runs on insert.
+            rows = str(max(data.num_rows, 1))
+            c.insert_arrow(scratch, data, settings={"max_insert_block_size": rows, "min_insert_block_size_rows": rows, "min_insert_block_size_bytes": "0", "optimize_on_insert": "0"})
             failpoint("warehouse.before_replace")
             c.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id}' FROM {scratch}")
             failpoint("warehouse.after_replace")
