@@ -21,7 +21,7 @@ def automation_sensors(spec: StreamSpec) -> list[dg.AutomationConditionSensorDef
             name=f"automation_{spec.name}",
             target=dg.AssetSelection.groups(*(keys.group(spec, layer) for layer in LAYERS)),
             default_status=dg.DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=5,
+            minimum_interval_seconds=1,  # every daemon loop (5 s); see the Kafka sensor
             description=f"Materializes {spec.name} Silver, Gold and warehouse partitions whose parents changed.",
         )
     ]
