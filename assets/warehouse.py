@@ -27,7 +27,10 @@ def load_frame(table: GoldTable, rows: pl.DataFrame) -> pa.Table:
     """Gold rows as the Arrow table to insert: LowCardinality columns go over as dictionaries, which
     ClickHouse takes without re-hashing every string (measured ~2x faster inserts for the 5-minute table)."""
     low_card = [c for c in re.findall(r"(\w+)\s+LowCardinality\(String\)", table.columns_ddl) if c in rows.columns]
-    return rows.with_columns(pl.col(low_card).cast(pl.Categorical)).to_arrow() if low_card else rows.to_arrow()
+    if not low_card:
+        return rows.to_arrow()
+    # One chunk: an Arrow IPC stream allows a single dictionary per column, and a day's rows come from many files.
+    return rows.with_columns(pl.col(low_card).cast(pl.Categorical)).to_arrow().combine_chunks()
 
 
 def day_gold_keys(table: GoldTable, partition_key: str) -> tuple[str, list[str]]:

@@ -67,3 +67,31 @@ def test_ddl_is_day_partitioned_mergetree(resources):
         ("iot_location_hourly", "MergeTree"), ("iot_sensor_5m", "MergeTree"), ("iot_type_daily", "MergeTree"),
     ]  # fmt: skip
     assert all(r["partition_key"].startswith("toYYYYMMDD") for r in got)
+
+
+def test_a_day_read_from_many_gold_files_loads_with_low_cardinality_dictionaries(resources):
+    """A day of hourly Gold files concatenates into a multi-chunk frame; each chunk's strings differ, and
+    the load must still send one dictionary per LowCardinality column."""
+    import polars as pl
+
+    from assets.warehouse import load_frame
+
+    table = next(t for t in IOT.gold if t.name == "location_hourly")
+    hours = [
+        pl.DataFrame(
+            {
+                "location": [f"site-{h}", "lab"], "sensor_type": ["temperature", f"type-{h}"],
+                "hour_start": [datetime(2026, 11, 20, h, tzinfo=timezone.utc)] * 2,
+                "count": [3, 4], "avg": [1.0, 2.0], "min": [0.5, 1.0], "max": [2.0, 3.0], "stddev": [0.1, None],
+                "p50": [1.0, 2.0], "p95": [1.9, 2.9], "p99": [2.0, 3.0], "anomaly_count": [0, 1], "distinct_sensors": [1, 2],
+            }  # fmt: skip
+        )
+        for h in range(3)
+    ]
+    day = pl.concat(hours, rechunk=False)
+    assert day["location"].n_chunks() == 3
+    wh = resources["warehouse"]
+    wh.ensure_tables([table_ddl(IOT, table)])
+    assert wh.replace_partition("iot_location_hourly", "20261120", load_frame(table, day)) == 6
+    got = wh.query_arrow("SELECT location, sum(count) AS n FROM iot_location_hourly GROUP BY location ORDER BY location").to_pylist()
+    assert got == [{"location": "lab", "n": 12}, {"location": "site-0", "n": 3}, {"location": "site-1", "n": 3}, {"location": "site-2", "n": 3}]
