@@ -14,6 +14,7 @@ from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.silver import derive_silver_rows
 from assets.spec import GoldTable, SilverContext, StreamSpec
 from resources.lake import LakeResource
+from resources.pii import pii_key
 from resources.settings import PIPELINE_VERSION
 
 
@@ -44,7 +45,7 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         source_keys = silver_keys_for(spec, table, pk)
         silver_rows = lake.read("silver", spec.name, "silver", source_keys)
         if silver_rows is None:
-            ctx = SilverContext(pk, datetime.now(timezone.utc), PIPELINE_VERSION)
+            ctx = SilverContext(pk, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
             silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
         rows = table.build(silver_rows)
         verdict = apply_contract(rows, table.contract)

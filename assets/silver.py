@@ -13,6 +13,7 @@ from assets.contracts.gate import apply_contract
 from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.spec import SilverContext, StreamSpec
 from resources.lake import LakeResource
+from resources.pii import pii_key, pseudonymise
 from resources.settings import PIPELINE_VERSION
 
 COORDINATES = ["kafka_topic", "kafka_partition", "kafka_offset", "kafka_key", "event_time"]
@@ -56,12 +57,20 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                 bronze = empty_bronze(spec).drop("payload")
             rows = apply_contract(bronze, spec.row_contract)
             context_rows = _context(spec, lake, pk)
-            ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION)
+            key_for_pii = pii_key() if spec.pii_fields else None
+            ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION, pii_key=key_for_pii)
             out = spec.silver_transform(rows.passed, context_rows, ctx)
 
             columns = [c for c in quarantine_columns(spec) if c != "payload"]
             set_aside = pl.concat([rows.failed.select(columns), out.rejected.select(columns)], how="vertical_relaxed")
-            quarantine = lake.attach_bronze_payloads(spec.name, pk, set_aside).select(quarantine_columns(spec))
+            if spec.pii_fields:
+                # Raw PII stays in Bronze: the quarantine carries pseudonyms and no payload (its Kafka
+                # coordinates lead to the raw record for those allowed to read Bronze).
+                quarantine = set_aside.with_columns(
+                    *[pseudonymise(set_aside[f], key_for_pii) for f in spec.pii_fields], pl.lit(None, pl.String).alias("payload")
+                ).select(quarantine_columns(spec))
+            else:
+                quarantine = lake.attach_bronze_payloads(spec.name, pk, set_aside).select(quarantine_columns(spec))
             lake.publish("quarantine", spec.name, "silver", pk, quarantine, {"partition": pk, "source_rows": bronze.height})
             final = apply_contract(out.rows, spec.silver_contract)
             failure_rate = quarantine.height / bronze.height if bronze.height else 0.0

@@ -31,8 +31,26 @@ class GoldTable:
     build: Callable[[pl.DataFrame], pl.DataFrame]
     contract: type[pa.DataFrameModel]
     time_column: str  # the column ClickHouse partitions by (toYYYYMMDD)
-    columns_ddl: str  # ClickHouse column list
+    columns_ddl: str  # ClickHouse column list (may end with INDEX clauses)
     order_by: str
+    rollups: tuple["Rollup", ...] = ()  # AggregatingMergeTree tables fed from this one by materialized views
+    ttl: str | None = None  # ClickHouse TTL expression, e.g. "day + INTERVAL 400 DAY"
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """An AggregatingMergeTree table fed from a Gold table by a materialized view.
+
+    `select` reads `{source}` and must return the rollup's columns with `*State` aggregates, grouped by its
+    key. The view keeps the rollup current for plain INSERTs into the source; the platform's loads swap whole
+    partitions (which fire no view), so each load re-runs the same `select` for the swapped partition.
+    """
+
+    name: str
+    columns_ddl: str
+    order_by: str
+    time_column: str
+    select: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,11 @@ class StreamSpec:
     max_message_bytes: int = 64 * 1024
     future_tolerance: timedelta = timedelta(minutes=5)
     owners: tuple[str, ...] = ("team:data-platform",)
+    pii_fields: tuple[str, ...] = ()  # raw values stay in Bronze; Silver/quarantine see keyed pseudonyms
+    # Events for `medallion demo` / `simulate`: (config, stats) -> iterator of (key, value) bytes.
+    simulator: Callable | None = None
+    # The bad-input corpus for `medallion demo --bad-input N`: (tag, max_message_bytes) -> list of BadInput.
+    bad_input: Callable | None = None
 
     @property
     def dead_letter_topic(self) -> str:
@@ -78,3 +101,4 @@ class SilverContext:
     partition_key: str
     processed_at: object  # datetime
     pipeline_version: str
+    pii_key: bytes | None = None  # the HMAC key for `StreamSpec.pii_fields`

@@ -20,7 +20,25 @@ def table_ddl(spec: StreamSpec, table: GoldTable) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {keys.warehouse_table(spec, table)} ({table.columns_ddl.strip()}\n) "
         f"ENGINE = MergeTree PARTITION BY toYYYYMMDD({table.time_column}) ORDER BY {table.order_by}"
+        + (f" TTL {table.ttl}" if table.ttl else "")
     )
+
+
+def rollup_ddl(spec: StreamSpec, table: GoldTable) -> list[str]:
+    """Each rollup: its AggregatingMergeTree (monthly partitions) and the materialized view feeding it."""
+    source = keys.warehouse_table(spec, table)
+    out = []
+    for r in table.rollups:
+        out.append(
+            f"CREATE TABLE IF NOT EXISTS {r.name} ({r.columns_ddl.strip()}\n) "
+            f"ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM({r.time_column}) ORDER BY {r.order_by}"
+        )
+        out.append(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {r.name}_mv TO {r.name} AS {r.select.strip().format(source=source)}")
+    return out
+
+
+def all_ddl(spec: StreamSpec, table: GoldTable) -> list[str]:
+    return [table_ddl(spec, table), *rollup_ddl(spec, table)]
 
 
 def load_frame(table: GoldTable, rows: pl.DataFrame) -> pa.Table:
@@ -54,15 +72,20 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
         kinds={"clickhouse"},
         owners=list(spec.owners),
         description=f"ClickHouse table `{name}` (MergeTree, partitioned by day): {table.description}",
-        metadata={"table": name, "ddl": dg.MetadataValue.md(f"```sql\n{table_ddl(spec, table)}\n```")},
+        metadata={"table": name, "ddl": dg.MetadataValue.md("```sql\n" + ";\n\n".join(all_ddl(spec, table)) + "\n```")},
     )
     def load(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource):
         day_id, gold_keys = day_gold_keys(table, context.partition_key)
         # Read and swap under one lock: two hours of the same day loading at once must not lose either.
         with lake.stream_lock(spec.name, f"warehouse-{name}-{day_id}"):
-            warehouse.ensure_tables([table_ddl(spec, table)])
+            warehouse.ensure_tables(all_ddl(spec, table))
             rows = lake.read("gold", spec.name, table.name, gold_keys)
             loaded = warehouse.replace_partition(name, day_id, load_frame(table, rows)) if rows is not None else warehouse.drop_partition(name, day_id)
+            # A partition swap fires no materialized view: re-run each rollup's view query for its month.
+            month_id = day_id[:6]
+            for r in table.rollups:
+                month_rows = f"(SELECT * FROM {name} WHERE toYYYYMM({table.time_column}) = {month_id})"
+                warehouse.replace_partition_from_query(r.name, month_id, r.select.strip().format(source=month_rows))
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": loaded,

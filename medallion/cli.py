@@ -61,7 +61,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     from assets.streams import STREAMS
     from medallion.definitions import build_definitions
     from medallion.driver import drive
-    from medallion.bad_input import corpus, produce_corpus
+    from medallion.bad_input import produce_corpus
     from medallion.simulator import SIMULATOR_LINGER_MS, produce
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from medallion.summary import platform_summary
@@ -76,13 +76,15 @@ def _run_pipeline(args, simulate: bool) -> int:
     if simulate:
         for spec in STREAMS:
             cfg = simulator_config(args, events=args.events)
-            stats = produce(resources["kafka"].producer({"linger.ms": SIMULATOR_LINGER_MS}), spec.topic, cfg)
+            stats = produce(resources["kafka"].producer({"linger.ms": SIMULATOR_LINGER_MS}), spec.topic, cfg, events=spec.simulator)
             produced += stats.produced
             say(f"simulated {stats.produced} events into {spec.topic} ({stats.malformed} malformed, {stats.duplicates} duplicates, {stats.late} late)")
-            for i in range(args.bad_input):
-                produced += produce_corpus(resources["kafka"].producer(), spec.topic, corpus(tag=f"bad{i}-{args.seed}", max_message_bytes=spec.max_message_bytes))
-            if args.bad_input:
-                say(f"mixed in the bad-input corpus {args.bad_input}x")
+            if args.bad_input and spec.bad_input is None:
+                say(f"no bad-input corpus declared for {spec.name}")
+            elif args.bad_input:
+                for i in range(args.bad_input):
+                    produced += produce_corpus(resources["kafka"].producer(), spec.topic, spec.bad_input(tag=f"bad{i}-{args.seed}", max_message_bytes=spec.max_message_bytes))
+                say(f"mixed the bad-input corpus into {spec.topic} {args.bad_input}x")
     defs = build_definitions(STREAMS, resources)
     with DagsterInstance.get() as instance:
         log = drive(defs, instance, STREAMS, timeout_s=args.timeout)
@@ -175,7 +177,7 @@ def cmd_simulate(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     cfg = simulator_config(args, events=args.events, rate=args.rate)
     try:
-        stats = produce(_resources()["kafka"].producer({"linger.ms": SIMULATOR_LINGER_MS}), spec.topic, cfg, should_stop=lambda: stop["now"])
+        stats = produce(_resources()["kafka"].producer({"linger.ms": SIMULATOR_LINGER_MS}), spec.topic, cfg, should_stop=lambda: stop["now"], events=spec.simulator)
     except KeyboardInterrupt:
         return 0
     print(json.dumps(stats.__dict__))

@@ -141,11 +141,12 @@ def generate(cfg: SimulatorConfig, stats: SimulatorStats) -> Iterator[tuple[byte
             yield key, payload
 
 
-def produce(producer, topic: str, cfg: SimulatorConfig, should_stop=lambda: False) -> SimulatorStats:
-    """Send the simulated events to `topic`; in real-time mode, paced to `cfg.rate`."""
+def produce(producer, topic: str, cfg: SimulatorConfig, should_stop=lambda: False, events=None) -> SimulatorStats:
+    """Send simulated events (`events(cfg, stats)`, IoT readings by default) to `topic`; in real-time mode,
+    paced to `cfg.rate`."""
     stats = SimulatorStats()
     began = time.monotonic()
-    for n, (key, value) in enumerate(generate(cfg, stats), start=1):
+    for n, (key, value) in enumerate((events or generate)(cfg, stats), start=1):
         while True:
             try:
                 producer.produce(topic, key=key, value=value)

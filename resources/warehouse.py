@@ -88,6 +88,18 @@ class WarehouseResource(dg.ConfigurableResource):
             c.command(f"DROP TABLE IF EXISTS {scratch}")
         return data.num_rows
 
+    def replace_partition_from_query(self, table: str, partition_id: str, select: str) -> int:
+        """Swap one partition of `table` for what `select` returns (rows outside the partition are an error)."""
+        scratch = f"{table}__load_{partition_id}"
+        with self.client() as c:
+            c.command(f"DROP TABLE IF EXISTS {scratch}")
+            c.command(f"CREATE TABLE {scratch} AS {table}")
+            c.command(f"INSERT INTO {scratch} {select}")
+            c.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id}' FROM {scratch}")
+            rows = int(c.query(f"SELECT count() FROM {scratch}").result_rows[0][0])
+            c.command(f"DROP TABLE IF EXISTS {scratch}")
+        return rows
+
     def drop_partition(self, table: str, partition_id: str) -> int:
         with self.client() as c:
             c.command(f"ALTER TABLE {table} DROP PARTITION ID '{partition_id}'")

@@ -20,6 +20,19 @@ def test_lineage_topic_to_warehouse():
         assert graph.get(A(f"warehouse_iot_{table}")).parent_keys == {A(f"gold_iot_{table}")}
 
 
+def test_ads_lineage_daily_partitions_and_groups_by_stream_and_layer():
+    graph = defs.resolve_asset_graph()
+    assert graph.get(A("silver_ads")).parent_keys == {A("bronze_ads")}
+    assert graph.get(A("warehouse_ads_campaign_daily")).parent_keys == {A("gold_ads_campaign_daily")}
+    for key in ("bronze_ads", "silver_ads", "gold_ads_campaign_daily", "warehouse_ads_campaign_daily"):
+        assert isinstance(graph.get(A(key)).partitions_def, dg.DailyPartitionsDefinition)
+    groups = {key.to_user_string(): defs.resolve_assets_def(key).group_names_by_key[key] for key in graph.materializable_asset_keys}
+    for stream in ("iot", "ads"):
+        for layer in ("bronze", "silver", "gold", "warehouse"):
+            members = {k for k, g in groups.items() if g == f"{stream}_{layer}"}
+            assert members and all(k.startswith(f"{layer}_{stream}") for k in members), (stream, layer, members)
+
+
 def test_blocking_contract_checks_attached_to_silver_and_gold():
     graph = defs.resolve_asset_graph()
     for key in ("silver_iot", "gold_iot_sensor_5m", "gold_iot_location_hourly", "gold_iot_type_daily"):
@@ -37,9 +50,9 @@ def test_partitions_hourly_by_event_time_and_daily_rollup():
 
 def test_sensors_run_by_default():
     names = {s.name: s for s in defs.sensors}
-    assert set(names) == {"kafka_iot", "automation_iot"}
+    assert set(names) == {"kafka_iot", "automation_iot", "kafka_ads", "automation_ads"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in names.values())
-    assert names["kafka_iot"].job_name == "ingest_iot"
+    assert names["kafka_iot"].job_name == "ingest_iot" and names["kafka_ads"].job_name == "ingest_ads"
 
 
 def test_every_automated_asset_is_covered_by_a_layer_sensor():

@@ -50,11 +50,20 @@ def test_cli_demo_json_reconciles_and_sql_reads_the_warehouse(tmp_path):
         for key in ("produced", "consumed", "bronze_rows", "dead_letter_rows", "silver_rows", "quarantined_rows",
                     "gold_rows", "warehouse_rows", "checks", "reconciled", "elapsed_s"):  # fmt: skip
             assert key in summary
-        assert summary["produced"] == 5000 and summary["consumed"] == 5000 and summary["reconciled"] is True
+        # Both streams: 5,000 events each.
+        assert summary["produced"] == 10000 and summary["consumed"] == 10000 and summary["reconciled"] is True
         assert summary["consumed"] == summary["bronze_rows"] + summary["dead_letter_rows"]
         assert summary["gold_rows"] == summary["warehouse_rows"] and set(summary["gold_rows"]) == {
-            "iot_sensor_5m", "iot_location_hourly", "iot_type_daily"
+            "iot_sensor_5m", "iot_location_hourly", "iot_type_daily", "ads_campaign_daily"
         }
+        assert all(s["reconciled"] for s in summary["streams"].values()) and set(summary["streams"]) == {"iot", "ads"}
+
+        tables = subprocess.run(
+            [*cli, "sql", "SELECT name, engine FROM system.tables WHERE database = currentDatabase()", "--format", "json"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        engines = {r["name"]: r["engine"] for r in json.loads(tables.stdout)}
+        assert engines["ads_campaign_monthly"] == "AggregatingMergeTree" and engines["ads_campaign_monthly_mv"] == "MaterializedView"
 
         q = subprocess.run([*cli, "sql", "SELECT count() AS n FROM iot_sensor_5m", "--format", "json"], env=env, capture_output=True, text=True, timeout=120)
         assert q.returncode == 0, q.stderr[-2000:]
@@ -70,7 +79,7 @@ def test_cli_demo_json_reconciles_and_sql_reads_the_warehouse(tmp_path):
         again = subprocess.run([*cli, "run", "--json"], env=env, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr[-3000:]
         rerun = json.loads(again.stdout.strip().splitlines()[-1])
-        assert rerun["consumed"] == 5000 and rerun["ingest_runs"] == 0 and rerun["reconciled"]
+        assert rerun["consumed"] == 10000 and rerun["ingest_runs"] == 0 and rerun["reconciled"]
         assert rerun["warehouse_rows"] == summary["warehouse_rows"]  # the backfill changed nothing
     finally:
         subprocess.run([*cli, "broker", "stop"], env=env, capture_output=True, timeout=60)

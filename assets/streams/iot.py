@@ -8,6 +8,8 @@ from assets.contracts import iot as contracts
 from assets.partitions import DAILY, HOURLY
 from assets.spec import FieldSpec, GoldTable, StreamSpec
 from assets.transforms import iot as transforms
+from medallion.bad_input import corpus
+from medallion.simulator import generate
 
 IOT = StreamSpec(
     name="iot",
@@ -29,6 +31,8 @@ IOT = StreamSpec(
     silver_contract=contracts.IotSilver,
     silver_transform=transforms.silver,
     context_partitions=1,
+    simulator=generate,
+    bad_input=corpus,
     max_failure_rate=float(os.environ.get("MEDALLION_IOT_MAX_FAILURE_RATE", "0.05")),
     gold=(
         GoldTable(

@@ -11,6 +11,7 @@ import polars as pl
 
 from assets.contracts.iot import EXPECTED_BAND, NOMINAL_INTERVAL_S
 from assets.spec import SilverContext, SilverOutput
+from assets.transforms.dedup import first_by_offset, in_offset_order
 
 ZSCORE_WINDOW = 100  # previous readings of the same sensor
 ZSCORE_MIN_HISTORY = 10
@@ -32,32 +33,10 @@ def _band(i: int) -> pl.Expr:
 
 def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext) -> SilverOutput:
     """`valid`: Bronze rows that passed the row contract. `context`: earlier Silver rows (z-score history)."""
-    # Bronze is read file by file in Kafka partition/offset order; sort (a full copy) only if it is not.
-    in_order = valid.select(
-        ((pl.col("kafka_partition").diff() > 0) | ((pl.col("kafka_partition").diff() == 0) & (pl.col("kafka_offset").diff() > 0))).fill_null(True).all()
-    ).item()
-    rows = valid if in_order else valid.sort("kafka_partition", "kafka_offset")
+    rows = in_offset_order(valid)
 
     # 1. event_id: the first by Kafka partition/offset wins; a later copy with other content is reported.
-    #    Only the (rare) repeated ids are compared, so the common case costs one hash pass.
-    is_first = pl.col("event_id").is_first_distinct()
-    later = rows.filter(~is_first)
-    rejected = rows.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
-    exact_dups = 0
-    if later.height:
-        first = (
-            rows.filter(is_first & pl.col("event_id").is_in(later["event_id"].implode()))
-            .select("event_id", *[pl.col(c).alias(f"__first_{c}") for c in CONTENT], pl.format("{}/{}", "kafka_partition", "kafka_offset").alias("__first_at"))
-        )
-        later = later.join(first, on="event_id", how="left")
-        same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"__first_{c}")) for c in CONTENT])
-        helper = [c for c in later.columns if c.startswith("__")]
-        exact_dups = later.filter(same).height
-        rejected = later.filter(~same).with_columns(
-            check=pl.lit("event_id_unique_content"),
-            reason=pl.format("duplicate event_id with different content (first seen at {})", "__first_at"),
-        ).drop(helper)
-        rows = rows.filter(is_first)
+    rows, rejected, exact_dups = first_by_offset(rows, "event_id", CONTENT)
 
     cur = rows.select(
         "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time",

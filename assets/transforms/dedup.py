@@ -1,0 +1,33 @@
+"""Deduplication every stream needs: one row per key, the first by Kafka partition/offset; later copies with
+the same content are dropped, copies with other content are set aside with the reason."""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def first_by_offset(rows: pl.DataFrame, key: str, content: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """(kept rows, rejected rows with `check`/`reason`, exact duplicates dropped). `rows` must be in Kafka
+    partition/offset order. Only the (rare) repeated keys are compared, so the common case is one hash pass."""
+    is_first = pl.col(key).is_first_distinct()
+    later = rows.filter(~is_first)
+    rejected = rows.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
+    if not later.height:
+        return rows, rejected, 0
+    first = rows.filter(is_first & pl.col(key).is_in(later[key].implode())).select(
+        key, *[pl.col(c).alias(f"__first_{c}") for c in content], pl.format("{}/{}", "kafka_partition", "kafka_offset").alias("__first_at")
+    )
+    later = later.join(first, on=key, how="left")
+    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"__first_{c}")) for c in content])
+    rejected = later.filter(~same).with_columns(
+        check=pl.lit(f"{key}_unique_content"),
+        reason=pl.format(f"duplicate {key} with different content (first seen at {{}})", "__first_at"),
+    ).drop([c for c in later.columns if c.startswith("__")])
+    return rows.filter(is_first), rejected, later.filter(same).height
+
+
+def in_offset_order(rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` sorted by Kafka partition/offset (Bronze is read in that order; sort only if it is not)."""
+    kp, off = pl.col("kafka_partition"), pl.col("kafka_offset")
+    ordered = rows.select(((kp.diff() > 0) | ((kp.diff() == 0) & (off.diff() > 0))).fill_null(True).all()).item()
+    return rows if ordered else rows.sort("kafka_partition", "kafka_offset")
