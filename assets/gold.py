@@ -14,6 +14,7 @@ from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.silver import derive_silver_rows
 from assets.spec import GoldTable, SilverContext, StreamSpec
 from resources.lake import LakeResource
+from resources.spark import SparkEngine
 from resources.pii import pii_key
 from resources.settings import PIPELINE_VERSION
 
@@ -40,14 +41,15 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         owners=list(spec.owners),
         description=table.description,
     )
-    def gold(context: dg.AssetExecutionContext, lake: LakeResource):
+    def gold(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkEngine):
         pk = context.partition_key
         source_keys = silver_keys_for(spec, table, pk)
         silver_rows = lake.read("silver", spec.name, "silver", source_keys)
         if silver_rows is None:
             ctx = SilverContext(pk, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
             silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
-        rows = table.build(silver_rows)
+        engine = "spark" if spec.uses_spark(table.spark_build, silver_rows.height, spark.min_rows) else "polars"
+        rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
         verdict = apply_contract(rows, table.contract)
         yield check_result(
             key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
@@ -64,6 +66,7 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
                 "dagster/row_count": rows.height,
                 "silver_rows": silver_rows.height,
                 "silver_partitions_read": len(source_keys),
+                "engine": engine,
                 "path": str(lake.partition_file("gold", spec.name, table.name, pk)),
             },
         )

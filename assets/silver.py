@@ -13,6 +13,7 @@ from assets.contracts.gate import apply_contract
 from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.spec import SilverContext, StreamSpec
 from resources.lake import LakeResource
+from resources.spark import SparkEngine
 from resources.pii import pii_key, pseudonymise
 from resources.settings import PIPELINE_VERSION
 
@@ -46,7 +47,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
         owners=list(spec.owners),
         description=f"{spec.description}: typed, validated, deduplicated and enriched; quarantine beside it.",
     )
-    def silver(context: dg.AssetExecutionContext, lake: LakeResource):
+    def silver(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkEngine):
         pk = context.partition_key
         with lake.stream_lock(spec.name, f"silver-{pk.replace(':', '')}"):
             # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it
@@ -59,7 +60,12 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
             context_rows = _context(spec, lake, pk)
             key_for_pii = pii_key() if spec.pii_fields else None
             ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION, pii_key=key_for_pii)
-            out = spec.silver_transform(rows.passed, context_rows, ctx)
+            engine = "spark" if spec.uses_spark(spec.spark_silver_transform, bronze.height, spark.min_rows) else "polars"
+            if engine == "spark":
+                context.log.info(f"silver {pk}: {bronze.height} Bronze rows, transform on Spark ({spark.spark_config.get('spark.master')})")
+                out = spec.spark_silver_transform(spark.session(), rows.passed, context_rows, ctx)
+            else:
+                out = spec.silver_transform(rows.passed, context_rows, ctx)
 
             columns = [c for c in quarantine_columns(spec) if c != "payload"]
             set_aside = pl.concat([rows.failed.select(columns), out.rejected.select(columns)], how="vertical_relaxed")
@@ -106,6 +112,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                     "duplicates_dropped": out.duplicates_dropped,
                     "anomalies": int(out.rows["is_anomaly"].sum()) if "is_anomaly" in out.rows.columns else 0,
                     "context_rows": 0 if context_rows is None else context_rows.height,
+                    "engine": engine,
                     "path": str(lake.partition_file("silver", spec.name, "silver", pk)),
                 },
             )

@@ -33,6 +33,7 @@ class GoldTable:
     time_column: str  # the column ClickHouse partitions by (toYYYYMMDD)
     columns_ddl: str  # ClickHouse column list (may end with INDEX clauses)
     order_by: str
+    spark_build: Callable | None = None  # (spark session, silver rows) -> the same rows as `build`
     rollups: tuple["Rollup", ...] = ()  # AggregatingMergeTree tables fed from this one by materialized views
     ttl: str | None = None  # ClickHouse TTL expression, e.g. "day + INTERVAL 400 DAY"
 
@@ -81,6 +82,10 @@ class StreamSpec:
     max_message_bytes: int = 64 * 1024
     future_tolerance: timedelta = timedelta(minutes=5)
     owners: tuple[str, ...] = ("team:data-platform",)
+    # (spark session, valid rows, context, ctx) -> the same SilverOutput as `silver_transform`. Used for
+    # partitions of at least `SparkEngine.min_rows` Bronze rows, or always/never with engine="spark"/"polars".
+    spark_silver_transform: Callable | None = None
+    engine: Literal["auto", "polars", "spark"] = "auto"
     pii_fields: tuple[str, ...] = ()  # raw values stay in Bronze; Silver/quarantine see keyed pseudonyms
     # Events for `medallion demo` / `simulate`: (config, stats) -> iterator of (key, value) bytes.
     simulator: Callable | None = None
@@ -94,6 +99,11 @@ class StreamSpec:
     @property
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields]
+
+    def uses_spark(self, spark_transform: Callable | None, rows: int, min_rows: int) -> bool:
+        if spark_transform is None or self.engine == "polars":
+            return False
+        return self.engine == "spark" or rows >= min_rows
 
 
 @dataclass(frozen=True)

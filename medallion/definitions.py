@@ -8,6 +8,7 @@ from assets.factory import build_stream
 from assets.spec import StreamSpec
 from assets.streams import STREAMS
 from resources.config import platform_resources
+from resources.spark import SparkEngine
 from sensors.automation import automation_sensors
 from sensors.kafka_sensor import build_kafka_sensor
 
@@ -24,7 +25,7 @@ def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict
         assets=assets,
         jobs=jobs,
         sensors=sensors,
-        resources=resources if resources is not None else platform_resources(),
+        resources={"spark": SparkEngine(), **(resources if resources is not None else platform_resources())},
         # In-process: a run of one partition is seconds of work; a subprocess per step would triple it.
         executor=dg.in_process_executor,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from assets.contracts import iot as contracts
+from assets.engines import spark_iot
 from assets.partitions import DAILY, HOURLY
 from assets.spec import FieldSpec, GoldTable, StreamSpec
 from assets.transforms import iot as transforms
@@ -30,6 +31,7 @@ IOT = StreamSpec(
     row_contract=contracts.IotReading,
     silver_contract=contracts.IotSilver,
     silver_transform=transforms.silver,
+    spark_silver_transform=spark_iot.silver,
     context_partitions=1,
     simulator=generate,
     bad_input=corpus,
@@ -40,6 +42,7 @@ IOT = StreamSpec(
             description="Per sensor per 5-minute window: count, avg, min, max, stddev, p50/p95/p99, anomalies, health %",
             partitions=HOURLY,
             build=transforms.gold_sensor_5m,
+            spark_build=spark_iot.gold_sensor_5m,
             contract=contracts.IotSensorWindow,
             time_column="window_start",
             columns_ddl="""
@@ -65,6 +68,7 @@ IOT = StreamSpec(
             description="Per location and sensor type per hour: statistics and distinct sensors",
             partitions=HOURLY,
             build=transforms.gold_location_hourly,
+            spark_build=spark_iot.gold_location_hourly,
             contract=contracts.IotLocationHourly,
             time_column="hour_start",
             columns_ddl="""
@@ -88,6 +92,7 @@ IOT = StreamSpec(
             description="Per sensor type per day: count, avg, min, max, stddev, anomalies, distinct sensors",
             partitions=DAILY,
             build=transforms.gold_type_daily,
+            spark_build=spark_iot.gold_type_daily,
             contract=contracts.IotTypeDaily,
             time_column="day",
             columns_ddl="""

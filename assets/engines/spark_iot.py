@@ -1,0 +1,140 @@
+"""The IoT Silver and Gold transforms on Spark (for partitions too large for one process), row for row the same
+as `assets.transforms.iot`: same dedup winners, same z-scores (window of the 100 previous readings, at least
+10, sample std), same aggregates (exact percentiles with linear interpolation)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from assets.contracts.iot import EXPECTED_BAND, NOMINAL_INTERVAL_S
+from assets.spec import SilverContext, SilverOutput
+from assets.transforms.iot import CONTENT, SILVER_COLUMNS, ZSCORE_MIN_HISTORY, ZSCORE_THRESHOLD, ZSCORE_WINDOW
+
+
+def _to_spark(spark, frame: pl.DataFrame):
+    return spark.createDataFrame(frame.to_arrow())
+
+
+def _to_polars(df, schema: dict) -> pl.DataFrame:
+    return pl.from_arrow(df.toArrow()).cast(schema)
+
+
+def silver(spark, valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext) -> SilverOutput:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rows = _to_spark(spark, valid)
+    # 1. event_id: first by Kafka partition/offset; later copies with other content set aside.
+    rows = rows.withColumn("__rn", F.row_number().over(Window.partitionBy("event_id").orderBy("kafka_partition", "kafka_offset")))
+    first = rows.filter("__rn = 1").drop("__rn")
+    later = rows.filter("__rn > 1").drop("__rn")
+    firsts = first.select("event_id", *[F.col(c).alias(f"__first_{c}") for c in CONTENT], F.format_string("%d/%d", "kafka_partition", "kafka_offset").alias("__first_at"))
+    later = later.join(firsts, "event_id", "left")
+    same = F.lit(True)
+    for c in CONTENT:
+        same = same & F.col(c).eqNullSafe(F.col(f"__first_{c}"))
+    later = later.withColumn("__same", same).cache()
+    exact_dups = later.filter("__same").count()
+    rejected_df = (
+        later.filter(~F.col("__same"))
+        .withColumn("check", F.lit("event_id_unique_content"))
+        .withColumn("reason", F.concat(F.lit("duplicate event_id with different content (first seen at "), F.col("__first_at"), F.lit(")")))
+        .select(*valid.columns, "check", "reason")
+    )
+    rejected = _to_polars(rejected_df, {**valid.schema, "check": pl.String, "reason": pl.String}) if later.count() else valid.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
+
+    # 2. history from the previous partition + this partition, one reading per sensor per instant.
+    cur = first.select(
+        "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time",
+        F.col("kafka_topic").alias("source_topic"), F.col("kafka_partition").cast("long").alias("source_partition"),
+        F.col("kafka_offset").alias("source_offset"), "ingested_at", F.lit(False).alias("__context"),
+    )  # fmt: skip
+    allrows = cur
+    if context is not None and context.height:
+        hist = _to_spark(spark, context)
+        recent = Window.partitionBy("sensor_id").orderBy(F.desc("event_time"), F.desc("source_partition"), F.desc("source_offset"))
+        hist = hist.withColumn("__r", F.row_number().over(recent)).filter(F.col("__r") <= ZSCORE_WINDOW)
+        allrows = hist.select(*[c for c in cur.columns if c != "__context"], F.lit(True).alias("__context")).unionByName(cur)
+    order = [F.col("event_time"), F.desc("__context"), F.col("source_partition"), F.col("source_offset")]
+    allrows = allrows.withColumn("__rn", F.row_number().over(Window.partitionBy("sensor_id", "event_time").orderBy(*order[1:]))).filter("__rn = 1")
+    dup_sensor_time = cur.count() - allrows.filter(~F.col("__context")).count()
+
+    # 3. z-score against the previous readings of the same sensor.
+    previous = Window.partitionBy("sensor_id").orderBy(*order).rowsBetween(-ZSCORE_WINDOW, -1)
+    n = F.count("value").over(previous)
+    mean = F.when(n >= ZSCORE_MIN_HISTORY, F.avg("value").over(previous))
+    std = F.when(n >= ZSCORE_MIN_HISTORY, F.stddev_samp("value").over(previous))
+    scored = allrows.withColumn("__mean", mean).withColumn("__std", std).filter(~F.col("__context"))
+    z = F.when(F.col("__std") > 0, (F.col("value") - F.col("__mean")) / F.col("__std"))
+    low, high = F.lit(None).cast("double"), F.lit(None).cast("double")
+    for t, band in EXPECTED_BAND.items():
+        low = F.when(F.col("sensor_type") == t, F.lit(band[0])).otherwise(low)
+        high = F.when(F.col("sensor_type") == t, F.lit(band[1])).otherwise(high)
+    out = (
+        scored.withColumn("z_score", z)
+        .withColumn(
+            "is_anomaly",
+            F.coalesce(F.abs("z_score") > ZSCORE_THRESHOLD, F.lit(False)) | F.coalesce(F.col("value") < low, F.lit(False)) | F.coalesce(F.col("value") > high, F.lit(False)),
+        )
+        .withColumn("processed_at", F.lit(ctx.processed_at))
+        .withColumn("pipeline_version", F.lit(ctx.pipeline_version))
+        .orderBy("source_partition", "source_offset")
+        .select(*SILVER_COLUMNS)
+    )
+    schema = {
+        "event_id": pl.String, "sensor_id": pl.String, "sensor_type": pl.String, "location": pl.String, "value": pl.Float64,
+        "unit": pl.String, "event_time": pl.Datetime("us", "UTC"), "z_score": pl.Float64, "is_anomaly": pl.Boolean,
+        "source_topic": pl.String, "source_partition": pl.Int64, "source_offset": pl.Int64, "ingested_at": pl.Datetime("us", "UTC"),
+        "processed_at": pl.Datetime("us", "UTC"), "pipeline_version": pl.String,
+    }  # fmt: skip
+    later.unpersist()
+    return SilverOutput(rows=_to_polars(out, schema), rejected=rejected, duplicates_dropped=exact_dups + dup_sensor_time)
+
+
+def _stats(F, with_percentiles: bool) -> list:
+    v = F.col("value")
+    exprs = [F.count("*").cast("long").alias("count"), F.avg(v).alias("avg"), F.min(v).alias("min"), F.max(v).alias("max"), F.stddev_samp(v).alias("stddev")]
+    if with_percentiles:
+        exprs += [F.percentile(v, q).alias(f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)]
+    exprs.append(F.sum(F.col("is_anomaly").cast("long")).alias("anomaly_count"))
+    return exprs
+
+
+def gold_sensor_5m(spark, silver_rows: pl.DataFrame) -> pl.DataFrame:
+    from pyspark.sql import functions as F
+
+    df = _to_spark(spark, silver_rows)
+    start = F.timestamp_micros(F.floor(F.unix_micros("event_time") / 300_000_000) * 300_000_000)
+    nominal = F.lit(1.0)
+    for t, s in NOMINAL_INTERVAL_S.items():
+        nominal = F.when(F.col("sensor_type") == t, F.lit(float(s))).otherwise(nominal)
+    out = (
+        df.withColumn("window_start", start).withColumn("__nominal", nominal)
+        .groupBy("sensor_id", "sensor_type", "location", "window_start")
+        .agg(*_stats(F, True), F.first("__nominal").alias("__nominal"))
+        .withColumn("window_end", F.col("window_start") + F.expr("INTERVAL 5 MINUTES"))
+        .withColumn("health_pct", F.least(F.lit(100.0), F.col("count") / (F.lit(300.0) / F.col("__nominal")) * 100))
+        .select("sensor_id", "sensor_type", "location", "window_start", "window_end", "count", "avg", "min", "max",
+                "stddev", "p50", "p95", "p99", "anomaly_count", "health_pct")  # fmt: skip
+    )
+    return pl.from_arrow(out.toArrow()).sort("window_start", "sensor_id")
+
+
+def gold_location_hourly(spark, silver_rows: pl.DataFrame) -> pl.DataFrame:
+    from pyspark.sql import functions as F
+
+    df = _to_spark(spark, silver_rows).withColumn("hour_start", F.date_trunc("hour", "event_time"))
+    out = df.groupBy("location", "sensor_type", "hour_start").agg(*_stats(F, True), F.countDistinct("sensor_id").cast("long").alias("distinct_sensors")).select(
+        "location", "sensor_type", "hour_start", "count", "avg", "min", "max", "stddev", "p50", "p95", "p99", "anomaly_count", "distinct_sensors"
+    )
+    return pl.from_arrow(out.toArrow()).sort("hour_start", "location", "sensor_type")
+
+
+def gold_type_daily(spark, silver_rows: pl.DataFrame) -> pl.DataFrame:
+    from pyspark.sql import functions as F
+
+    df = _to_spark(spark, silver_rows).withColumn("day", F.to_date("event_time"))
+    out = df.groupBy("sensor_type", "day").agg(*_stats(F, False), F.countDistinct("sensor_id").cast("long").alias("distinct_sensors")).select(
+        "sensor_type", "day", "count", "avg", "min", "max", "stddev", "anomaly_count", "distinct_sensors"
+    )
+    return pl.from_arrow(out.toArrow()).sort("day", "sensor_type")
