@@ -1,6 +1,7 @@
 """Silver: typed, validated, deduplicated, enriched. Re-derived from Bronze only (never from Kafka)."""
 
 
+import functools
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -12,6 +13,7 @@ from assets.bronze import empty_bronze
 from assets.contracts.gate import apply_contract
 from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.spec import SilverContext, StreamSpec
+from assets.transforms.dedup import derive_silver
 from resources.lake import LakeResource
 from resources.spark import SparkEngine
 from resources.pii import pii_key, pseudonymise
@@ -63,9 +65,9 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
             engine = "spark" if spec.uses_spark(spec.spark_silver_transform, bronze.height, spark.min_rows) else "polars"
             if engine == "spark":
                 context.log.info(f"silver {pk}: {bronze.height} Bronze rows, transform on Spark ({spark.spark_config.get('spark.master')})")
-                out = spec.spark_silver_transform(spark.session(), rows.passed, context_rows, ctx)
+                out = derive_silver(spec, rows.passed, context_rows, ctx, functools.partial(spec.spark_silver_transform, spark.session()))
             else:
-                out = spec.silver_transform(rows.passed, context_rows, ctx)
+                out = derive_silver(spec, rows.passed, context_rows, ctx)
 
             columns = [c for c in quarantine_columns(spec) if c != "payload"]
             set_aside = pl.concat([rows.failed.select(columns), out.rejected.select(columns)], how="vertical_relaxed")
@@ -82,8 +84,8 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
             failure_rate = quarantine.height / bronze.height if bronze.height else 0.0
             passed = failure_rate <= spec.max_failure_rate and final.ok
             counts = dict(rows.failure_counts)
-            if out.rejected.height:
-                counts["event_id_unique_content"] = out.rejected.height
+            for check, n in out.rejected.group_by("check").len().iter_rows():
+                counts[check] = n
             for check, n in final.failure_counts.items():
                 counts[f"published:{check}"] = n
             yield check_result(
@@ -138,4 +140,4 @@ def _context(spec: StreamSpec, lake: LakeResource, pk: str) -> pl.DataFrame | No
 
 def derive_silver_rows(spec: StreamSpec, bronze: pl.DataFrame, context_rows: pl.DataFrame | None, ctx: SilverContext) -> pl.DataFrame:
     """Silver rows for a Bronze frame, without quarantine bookkeeping (used for empty-partition schemas)."""
-    return spec.silver_transform(apply_contract(bronze, spec.row_contract).passed, context_rows, ctx).rows
+    return derive_silver(spec, apply_contract(bronze, spec.row_contract).passed, context_rows, ctx).rows

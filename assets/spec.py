@@ -72,9 +72,11 @@ class StreamSpec:
     fields: tuple[FieldSpec, ...]
     event_time_field: str
     key_field: str  # what the Kafka message key must equal
+    dedup_key: str  # one Silver row per value: the first by Kafka partition/offset
     partitions: dg.TimeWindowPartitionsDefinition
     row_contract: type[pa.DataFrameModel]  # row-level checks: failing rows are quarantined
     silver_contract: type[pa.DataFrameModel]  # the published Silver frame's invariants (all-or-nothing)
+    # (deduplicated valid rows, context, ctx) -> SilverOutput; the platform has already deduplicated on `dedup_key`.
     silver_transform: Callable[[pl.DataFrame, pl.DataFrame | None, "SilverContext"], SilverOutput]
     gold: tuple[GoldTable, ...]
     max_failure_rate: float = 0.05  # above this share of quarantined rows, the partition is not published

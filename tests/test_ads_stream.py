@@ -15,6 +15,7 @@ from assets.spec import SilverContext
 from assets.streams.ads import ADS
 from assets.transforms import ads as transforms
 from assets.transforms.bronze import parse_messages
+from assets.transforms.dedup import derive_silver
 from confluent_kafka import Message
 
 from tests.helpers import definitions, run_ingest, sensor_tick
@@ -33,18 +34,23 @@ def bronze(*events: dict) -> pl.DataFrame:
     return parse_messages(msgs, bronze_rules(ADS), T0 + timedelta(days=3)).bronze
 
 
+def derive(rows: pl.DataFrame, context, ctx):
+    """The platform's Silver derivation for the ads spec (dedup on event_id, then the ads transform)."""
+    return derive_silver(ADS, rows, context, ctx)
+
+
 def pseudonym(user: str, key: bytes = KEY) -> str:
     return hmac.new(key, user.encode(), hashlib.sha256).hexdigest()
 
 
 def test_silver_pseudonymises_users_and_keeps_no_raw_id():
-    out = transforms.silver(bronze(event("i1", "impression", T0), event("i2", "impression", T0, user="bob")), None, CTX)
+    out = derive(bronze(event("i1", "impression", T0), event("i2", "impression", T0, user="bob")), None, CTX)
     assert "user_id" not in out.rows.columns
     assert out.rows["user_key"].to_list() == [pseudonym("alice"), pseudonym("bob")]
-    other = transforms.silver(bronze(event("i1", "impression", T0)), None, dataclasses.replace(CTX, pii_key=b"another-key"))
+    other = derive(bronze(event("i1", "impression", T0)), None, dataclasses.replace(CTX, pii_key=b"another-key"))
     assert other.rows["user_key"].to_list() != [pseudonym("alice")]
     with pytest.raises(ValueError, match="PII key"):
-        transforms.silver(bronze(event("i1", "impression", T0)), None, dataclasses.replace(CTX, pii_key=None))
+        derive(bronze(event("i1", "impression", T0)), None, dataclasses.replace(CTX, pii_key=None))
 
 
 def test_clicks_and_conversions_credit_the_users_latest_earlier_impression_of_the_ad():
@@ -58,19 +64,19 @@ def test_clicks_and_conversions_credit_the_users_latest_earlier_impression_of_th
         event("c2", "click", T0 + timedelta(minutes=1), user="carol"),  # never saw an impression
         event("c3", "click", T0 + timedelta(hours=30)),  # outside the 24 h window
     )
-    out = transforms.silver(rows, None, CTX).rows
+    out = derive(rows, None, CTX).rows
     credited = dict(zip(out["event_id"], out["attributed_impression_id"]))
     assert credited == {"i1": None, "i2": None, "i3": None, "i4": None, "c1": "i2", "v1": "i2", "c2": None, "c3": None}
 
 
 def test_a_click_after_midnight_credits_yesterdays_impression_through_context():
-    yesterday = transforms.silver(bronze(event("i0", "impression", T0 - timedelta(hours=11))), None, CTX).rows
-    out = transforms.silver(bronze(event("c1", "click", T0 - timedelta(hours=9, minutes=50))), yesterday, CTX).rows
+    yesterday = derive(bronze(event("i0", "impression", T0 - timedelta(hours=11))), None, CTX).rows
+    out = derive(bronze(event("c1", "click", T0 - timedelta(hours=9, minutes=50))), yesterday, CTX).rows
     assert out["attributed_impression_id"].to_list() == ["i0"]
 
 
 def test_duplicates_are_dropped_and_conflicting_copies_set_aside():
-    out = transforms.silver(
+    out = derive(
         bronze(event("i1", "impression", T0), event("i1", "impression", T0), event("i1", "impression", T0, cost=9.0)), None, CTX
     )
     assert out.rows["event_id"].to_list() == ["i1"]
@@ -86,7 +92,7 @@ def test_campaign_daily_counts_spend_and_ratios():
         event("v1", "conversion", T0 + timedelta(minutes=3), cost=0.0),
         event("i99", "impression", T0, campaign="cmp-2", cost=0.002),
     )
-    gold = transforms.gold_campaign_daily(transforms.silver(rows, None, CTX).rows)
+    gold = transforms.gold_campaign_daily(derive(rows, None, CTX).rows)
     first = gold.filter(pl.col("campaign_id") == "cmp-1").row(0, named=True)
     assert (first["impressions"], first["clicks"], first["conversions"], first["attributed_clicks"]) == (50, 2, 1, 1)
     assert first["spend"] == pytest.approx(50 * 0.002 + 1.5)

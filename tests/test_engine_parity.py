@@ -1,5 +1,6 @@
 """Spark and polars give the same Silver and Gold rows for the same Bronze partition."""
 
+import functools
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -15,6 +16,7 @@ from assets.spec import SilverContext
 from assets.streams.iot import IOT
 from assets.transforms import iot
 from assets.transforms.bronze import parse_messages
+from assets.transforms.dedup import derive_silver
 from medallion.simulator import SimulatorConfig, SimulatorStats, generate
 
 END = datetime(2026, 11, 20, 5, 50, tzinfo=timezone.utc)
@@ -49,10 +51,10 @@ def same(left: pl.DataFrame, right: pl.DataFrame, keys: list[str]) -> None:
 
 
 def test_silver_and_gold_match_between_polars_and_spark(spark):
-    context = iot.silver(valid_bronze(1, END - timedelta(hours=1)), None, CTX).rows
+    context = derive_silver(IOT, valid_bronze(1, END - timedelta(hours=1)), None, CTX).rows
     valid = valid_bronze(2, END)
-    by_polars = iot.silver(valid, context, CTX)
-    by_spark = spark_iot.silver(spark, valid, context, CTX)
+    by_polars = derive_silver(IOT, valid, context, CTX)
+    by_spark = derive_silver(IOT, valid, context, CTX, functools.partial(spark_iot.silver, spark))
     assert by_polars.rows.height > 3000 and by_polars.rejected.height == 1 and by_polars.rows["z_score"].is_not_null().sum() > 1000
     same(by_polars.rows, by_spark.rows, ["event_id"])
     same(by_polars.rejected, by_spark.rejected, ["kafka_partition", "kafka_offset"])
@@ -90,6 +92,6 @@ def test_a_stream_configured_for_spark_publishes_spark_rows_through_dagster(spar
     lake = resources["lake"]
     published = lake.read("silver", spark_spec.name, "silver", [pk])
     valid = apply_contract(lake.read_bronze(spark_spec.name, pk, exclude=["payload"]), IOT.row_contract).passed
-    expected = iot.silver(valid, None, CTX).rows
+    expected = derive_silver(IOT, valid, None, CTX).rows
     same(expected.drop("processed_at", "pipeline_version"), published.drop("processed_at", "pipeline_version"), ["event_id"])
     assert resources["warehouse"].query_arrow("SELECT sum(count) AS n FROM iot_sensor_5m").to_pylist() == [{"n": published.height}]

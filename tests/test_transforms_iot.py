@@ -13,6 +13,7 @@ from assets.contracts.gate import apply_contract
 from assets.spec import SilverContext
 from assets.streams.iot import IOT
 from assets.transforms import iot
+from assets.transforms.dedup import derive_silver
 from assets.transforms.bronze import parse_messages
 
 T0 = datetime(2026, 11, 20, 5, 0, tzinfo=timezone.utc)
@@ -35,8 +36,9 @@ def rec(i, seconds, value, sensor="s1", sensor_type="temperature", **over):
 
 
 def silver(records, context=None):
+    """The platform's Silver derivation for the IoT spec: dedup on its key, then the IoT transform."""
     valid = apply_contract(bronze(records), IOT.row_contract)
-    return iot.silver(valid.passed, context, CTX)
+    return derive_silver(IOT, valid.passed, context, CTX)
 
 
 def test_duplicate_event_id_first_offset_wins_and_conflicts_are_reported():

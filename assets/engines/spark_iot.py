@@ -8,7 +8,7 @@ import polars as pl
 
 from assets.contracts.iot import EXPECTED_BAND, NOMINAL_INTERVAL_S
 from assets.spec import SilverContext, SilverOutput
-from assets.transforms.iot import CONTENT, SILVER_COLUMNS, ZSCORE_MIN_HISTORY, ZSCORE_THRESHOLD, ZSCORE_WINDOW
+from assets.transforms.iot import SILVER_COLUMNS, ZSCORE_MIN_HISTORY, ZSCORE_THRESHOLD, ZSCORE_WINDOW
 
 
 def _to_spark(spark, frame: pl.DataFrame):
@@ -23,25 +23,8 @@ def silver(spark, valid: pl.DataFrame, context: pl.DataFrame | None, ctx: Silver
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    rows = _to_spark(spark, valid)
-    # 1. event_id: first by Kafka partition/offset; later copies with other content set aside.
-    rows = rows.withColumn("__rn", F.row_number().over(Window.partitionBy("event_id").orderBy("kafka_partition", "kafka_offset")))
-    first = rows.filter("__rn = 1").drop("__rn")
-    later = rows.filter("__rn > 1").drop("__rn")
-    firsts = first.select("event_id", *[F.col(c).alias(f"__first_{c}") for c in CONTENT], F.format_string("%d/%d", "kafka_partition", "kafka_offset").alias("__first_at"))
-    later = later.join(firsts, "event_id", "left")
-    same = F.lit(True)
-    for c in CONTENT:
-        same = same & F.col(c).eqNullSafe(F.col(f"__first_{c}"))
-    later = later.withColumn("__same", same).cache()
-    exact_dups = later.filter("__same").count()
-    rejected_df = (
-        later.filter(~F.col("__same"))
-        .withColumn("check", F.lit("event_id_unique_content"))
-        .withColumn("reason", F.concat(F.lit("duplicate event_id with different content (first seen at "), F.col("__first_at"), F.lit(")")))
-        .select(*valid.columns, "check", "reason")
-    )
-    rejected = _to_polars(rejected_df, {**valid.schema, "check": pl.String, "reason": pl.String}) if later.count() else valid.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
+    first = _to_spark(spark, valid)  # deduplicated on event_id by the platform (`derive_silver`)
+    rejected = valid.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
 
     # 2. history from the previous partition + this partition, one reading per sensor per instant.
     cur = first.select(
@@ -87,8 +70,7 @@ def silver(spark, valid: pl.DataFrame, context: pl.DataFrame | None, ctx: Silver
         "source_topic": pl.String, "source_partition": pl.Int64, "source_offset": pl.Int64, "ingested_at": pl.Datetime("us", "UTC"),
         "processed_at": pl.Datetime("us", "UTC"), "pipeline_version": pl.String,
     }  # fmt: skip
-    later.unpersist()
-    return SilverOutput(rows=_to_polars(out, schema), rejected=rejected, duplicates_dropped=exact_dups + dup_sensor_time)
+    return SilverOutput(rows=_to_polars(out, schema), rejected=rejected, duplicates_dropped=dup_sensor_time)
 
 
 def _stats(F, with_percentiles: bool) -> list:

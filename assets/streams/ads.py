@@ -71,6 +71,7 @@ ADS = StreamSpec(
         FieldSpec("cost", "number"),
     ),
     event_time_field="ts",
+    dedup_key="event_id",
     key_field="campaign_id",
     partitions=DAILY,
     row_contract=contracts.AdEvent,

@@ -26,6 +26,7 @@ IOT = StreamSpec(
         FieldSpec("unit", "string"),
     ),
     event_time_field="ts",
+    dedup_key="event_id",
     key_field="sensor_id",
     partitions=HOURLY,
     row_contract=contracts.IotReading,

@@ -7,11 +7,9 @@ from datetime import timedelta
 import polars as pl
 
 from assets.spec import SilverContext, SilverOutput
-from assets.transforms.dedup import first_by_offset, in_offset_order
 from resources.pii import pseudonymise
 
 ATTRIBUTION_WINDOW = timedelta(hours=24)  # a click/conversion credits the user's latest impression of the ad within it
-CONTENT = ["event_type", "campaign_id", "ad_id", "user_id", "cost", "event_time"]
 
 SILVER_COLUMNS = [
     "event_id", "event_type", "campaign_id", "ad_id", "user_key", "cost", "event_time", "attributed_impression_id",
@@ -24,10 +22,8 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
     that clicks just after midnight may credit)."""
     if ctx.pii_key is None:
         raise ValueError("ads Silver needs the PII key (SilverContext.pii_key) to pseudonymise user_id")
-    rows = in_offset_order(valid)
-
-    # 1. event_id: the first by Kafka partition/offset wins; a later copy with other content is reported.
-    rows, rejected, exact_dups = first_by_offset(rows, "event_id", CONTENT)
+    rows = valid  # deduplicated on event_id by the platform (`derive_silver`)
+    rejected = valid.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
 
     # 2. the raw user id stops here.
     events = rows.select(
@@ -57,7 +53,7 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
         )
         .select(SILVER_COLUMNS)
     )
-    return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=exact_dups)
+    return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=0)
 
 
 def gold_campaign_daily(silver_rows: pl.DataFrame) -> pl.DataFrame:

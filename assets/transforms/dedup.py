@@ -31,3 +31,16 @@ def in_offset_order(rows: pl.DataFrame) -> pl.DataFrame:
     kp, off = pl.col("kafka_partition"), pl.col("kafka_offset")
     ordered = rows.select(((kp.diff() > 0) | ((kp.diff() == 0) & (off.diff() > 0))).fill_null(True).all()).item()
     return rows if ordered else rows.sort("kafka_partition", "kafka_offset")
+
+
+def derive_silver(spec, valid: pl.DataFrame, context: pl.DataFrame | None, ctx, transform=None):
+    """What every Silver partition goes through: the spec's dedup (conflicting copies set aside), then the
+    stream's transform (`spec.silver_transform` unless another engine's is given)."""
+    from assets.spec import SilverOutput
+
+    content = [f for f in spec.field_names if f != spec.dedup_key] + ["event_time"]
+    rows, rejected, exact = first_by_offset(in_offset_order(valid), spec.dedup_key, content)
+    out = (transform or spec.silver_transform)(rows, context, ctx)
+    if out.rejected.height:
+        rejected = pl.concat([rejected, out.rejected.select(rejected.columns)], how="vertical_relaxed")
+    return SilverOutput(rows=out.rows, rejected=rejected, duplicates_dropped=exact + out.duplicates_dropped)

@@ -11,12 +11,10 @@ import polars as pl
 
 from assets.contracts.iot import EXPECTED_BAND, NOMINAL_INTERVAL_S
 from assets.spec import SilverContext, SilverOutput
-from assets.transforms.dedup import first_by_offset, in_offset_order
 
 ZSCORE_WINDOW = 100  # previous readings of the same sensor
 ZSCORE_MIN_HISTORY = 10
 ZSCORE_THRESHOLD = 3.0
-CONTENT = ["sensor_id", "sensor_type", "location", "value", "unit", "event_time"]
 
 SILVER_COLUMNS = [
     "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time", "z_score", "is_anomaly",
@@ -33,10 +31,8 @@ def _band(i: int) -> pl.Expr:
 
 def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext) -> SilverOutput:
     """`valid`: Bronze rows that passed the row contract. `context`: earlier Silver rows (z-score history)."""
-    rows = in_offset_order(valid)
-
-    # 1. event_id: the first by Kafka partition/offset wins; a later copy with other content is reported.
-    rows, rejected, exact_dups = first_by_offset(rows, "event_id", CONTENT)
+    rows = valid  # deduplicated on event_id by the platform (`derive_silver`)
+    rejected = valid.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
 
     cur = rows.select(
         "event_id", "sensor_id", "sensor_type", "location", "value", "unit", "event_time",
@@ -95,7 +91,7 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
         )
         .select(SILVER_COLUMNS)  # in Kafka partition/offset order
     )
-    return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=exact_dups + dup_sensor_time)
+    return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=dup_sensor_time)
 
 
 def _stats(with_percentiles: bool) -> list[pl.Expr]:
