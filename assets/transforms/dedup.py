@@ -15,13 +15,19 @@ def first_by_offset(rows: pl.DataFrame, key: str, content: list[str]) -> tuple[p
     if not later.height:
         return rows, rejected, 0
     first = rows.filter(is_first & pl.col(key).is_in(later[key].implode())).select(
-        key, *[pl.col(c).alias(f"__first_{c}") for c in content], pl.format("{}/{}", "kafka_partition", "kafka_offset").alias("__first_at")
+        key, *[pl.col(c).alias(f"__first_{c}") for c in content], "kafka_partition", "kafka_offset"
     )
+    # Built in Python: polars 2.1 panics formatting strings over some filtered multi-chunk frames
+    # (binview index assertion), and only the few repeated keys get here.
+    first = first.with_columns(
+        pl.Series("__first_at", [f"{p}/{o}" for p, o in zip(first["kafka_partition"].to_list(), first["kafka_offset"].to_list())], dtype=pl.String)
+    ).drop("kafka_partition", "kafka_offset")
     later = later.join(first, on=key, how="left")
     same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"__first_{c}")) for c in content])
-    rejected = later.filter(~same).with_columns(
+    conflicting = later.filter(~same)
+    rejected = conflicting.with_columns(
         check=pl.lit(f"{key}_unique_content"),
-        reason=pl.format(f"duplicate {key} with different content (first seen at {{}})", "__first_at"),
+        reason=pl.Series([f"duplicate {key} with different content (first seen at {at})" for at in conflicting["__first_at"].to_list()], dtype=pl.String),
     ).drop([c for c in later.columns if c.startswith("__")])
     return rows.filter(is_first), rejected, later.filter(same).height
 
