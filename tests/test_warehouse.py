@@ -95,3 +95,19 @@ def test_a_day_read_from_many_gold_files_loads_with_low_cardinality_dictionaries
     assert wh.replace_partition("iot_location_hourly", "20261120", load_frame(table, day)) == 6
     got = wh.query_arrow("SELECT location, sum(count) AS n FROM iot_location_hourly GROUP BY location ORDER BY location").to_pylist()
     assert got == [{"location": "lab", "n": 12}, {"location": "site-0", "n": 3}, {"location": "site-1", "n": 3}, {"location": "site-2", "n": 3}]
+
+
+def test_every_streams_ddl_runs_with_its_ttl_index_and_rollup(resources):
+    """The warehouse DDL of both reference streams, as a ClickHouse engineer would check it."""
+    from assets.streams import STREAMS
+    from assets.warehouse import all_ddl
+
+    wh = resources["warehouse"]
+    wh.ensure_tables([stmt for spec in STREAMS for table in spec.gold for stmt in all_ddl(spec, table)])
+    tables = {r["name"]: r for r in wh.query_arrow("SELECT name, engine, create_table_query AS q FROM system.tables WHERE database = currentDatabase()").to_pylist()}
+    assert "TTL toDateTime(window_start) + toIntervalDay(90)" in tables["iot_sensor_5m"]["q"]
+    assert "PARTITION BY toYYYYMMDD(day)" in tables["ads_campaign_daily"]["q"] and "TTL day + toIntervalDay(400)" in tables["ads_campaign_daily"]["q"]
+    assert "INDEX campaign_bf campaign_id TYPE bloom_filter(0.01) GRANULARITY 4" in tables["ads_campaign_daily"]["q"]
+    assert "CODEC(Gorilla(8), ZSTD(1))" in tables["ads_campaign_daily"]["q"] and "CODEC(Delta(2), ZSTD(1))" in tables["ads_campaign_daily"]["q"]
+    assert tables["ads_campaign_monthly"]["engine"] == "AggregatingMergeTree" and "AggregateFunction(uniq, Date)" in tables["ads_campaign_monthly"]["q"]
+    assert tables["ads_campaign_monthly_mv"]["engine"] == "MaterializedView" and "TO default.ads_campaign_monthly" in tables["ads_campaign_monthly_mv"]["q"]

@@ -63,6 +63,7 @@ IOT = StreamSpec(
                 anomaly_count Int64 CODEC(T64, ZSTD),
                 health_pct Float64 CODEC(Gorilla, ZSTD)""",
             order_by="(sensor_id, window_start)",
+            ttl="toDateTime(window_start) + INTERVAL 90 DAY",  # the finest grain; hourly and daily tables keep history
         ),
         GoldTable(
             name="location_hourly",
