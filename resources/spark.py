@@ -47,9 +47,6 @@ class SparkEngine(PySparkResource):
     def spark_session(self):
         return self.session()
 
-    def use_for(self, rows: int) -> bool:
-        return rows >= self.min_rows
-
     def stop(self) -> None:
         if self._session is not None:
             self._session.stop()

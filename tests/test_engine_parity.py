@@ -57,7 +57,6 @@ def test_silver_and_gold_match_between_polars_and_spark(spark):
     by_spark = derive_silver(IOT, valid, context, CTX, functools.partial(spark_iot.silver, spark))
     assert by_polars.rows.height > 3000 and by_polars.rejected.height == 1 and by_polars.rows["z_score"].is_not_null().sum() > 1000
     same(by_polars.rows, by_spark.rows, ["event_id"])
-    same(by_polars.rejected, by_spark.rejected, ["kafka_partition", "kafka_offset"])
     assert by_polars.duplicates_dropped == by_spark.duplicates_dropped > 0
     rows = by_polars.rows
     same(iot.gold_sensor_5m(rows), spark_iot.gold_sensor_5m(spark, rows), ["window_start", "sensor_id"])

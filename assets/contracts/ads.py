@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import pandera.polars as pa
 import polars as pl
+
+from assets.contracts.lineage import SilverLineage
 
 EVENT_TYPES = ["impression", "click", "conversion"]
 MAX_COST = 1_000.0  # per event, in the account currency: above it, a unit or sign bug upstream
 
-UtcTime = Annotated[pl.Datetime, "us", "UTC"]
 
 
 class AdEvent(pa.DataFrameModel):
@@ -32,7 +31,7 @@ class AdEvent(pa.DataFrameModel):
         strict = False
 
 
-class AdsSilver(pa.DataFrameModel):
+class AdsSilver(SilverLineage):
     """Published Silver: deduplicated, pseudonymised (no raw user id), attributed."""
 
     event_id: str = pa.Field(unique=True, nullable=False)
@@ -41,14 +40,7 @@ class AdsSilver(pa.DataFrameModel):
     ad_id: str = pa.Field(nullable=False)
     user_key: str = pa.Field(nullable=False, str_matches=r"^[0-9a-f]{64}$")
     cost: float = pa.Field(ge=0)
-    event_time: UtcTime = pa.Field(nullable=False)
     attributed_impression_id: str = pa.Field(nullable=True)
-    source_topic: str
-    source_partition: int = pa.Field(ge=0)
-    source_offset: int = pa.Field(ge=0)
-    ingested_at: UtcTime
-    processed_at: UtcTime
-    pipeline_version: str
 
     @pa.dataframe_check(name="only_clicks_and_conversions_are_attributed")
     def attribution_kind(cls, data) -> pl.LazyFrame:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import pandera.polars as pa
 import polars as pl
+
+from assets.contracts.lineage import SilverLineage, UtcTime
 
 # Physical range per sensor type: outside it the reading is impossible, a contract failure (quarantine).
 PHYSICAL_RANGE = {
@@ -24,7 +24,6 @@ EXPECTED_BAND = {
 }
 NOMINAL_INTERVAL_S = {"temperature": 1.0, "humidity": 1.0, "pressure": 1.0, "vibration": 1.0}
 
-UtcTime = Annotated[pl.Datetime, "us", "UTC"]
 
 
 def _by_type(mapping: dict, pick) -> pl.Expr:
@@ -76,7 +75,7 @@ class IotReading(pa.DataFrameModel):
         strict = False
 
 
-class IotSilver(pa.DataFrameModel):
+class IotSilver(SilverLineage):
     """Published Silver: typed, deduplicated, enriched. Any failure here blocks the whole partition."""
 
     event_id: str = pa.Field(unique=True, nullable=False)
@@ -85,15 +84,8 @@ class IotSilver(pa.DataFrameModel):
     location: str
     value: float
     unit: str
-    event_time: UtcTime = pa.Field(nullable=False)
     z_score: float = pa.Field(nullable=True)
     is_anomaly: bool = pa.Field(nullable=False)
-    source_topic: str
-    source_partition: int = pa.Field(ge=0)
-    source_offset: int = pa.Field(ge=0)
-    ingested_at: UtcTime
-    processed_at: UtcTime
-    pipeline_version: str
 
     class Config:
         strict = True

@@ -301,49 +301,57 @@ def _coordinate_columns(columns: Sequence[list]) -> dict[str, pl.Series]:
     }
 
 
+class _Unplaceable(Exception):
+    """A record that cannot enter Bronze: its dead-letter class, reason and the bytes kept."""
+
+    def __init__(self, error_class: str, reason: str, kept: bytes | None = None):
+        super().__init__(reason)
+        self.error_class, self.reason, self.kept = error_class, reason, kept
+
+
 def _slow_row(coords: tuple, raw, rules: BronzeRules, now: datetime, dead_rows: list, seq: int = 0) -> dict | None:
     """The reference path for one record (its `coordinates`): a Bronze row, or None after appending
     (seq, coords, kept bytes, error class, reason) to `dead_rows`."""
-    if not raw:
-        dead_rows.append((seq, coords, raw, "empty", "empty message (no value bytes)"))
+    try:
+        return _reference_row(coords, raw, rules, now)
+    except _Unplaceable as dead:
+        dead_rows.append((seq, coords, raw if dead.kept is None else dead.kept, dead.error_class, dead.reason))
         return None
+
+
+def _reference_row(coords: tuple, raw, rules: BronzeRules, now: datetime) -> dict:
+    if not raw:
+        raise _Unplaceable("empty", "empty message (no value bytes)")
     limit = rules.max_message_bytes
     if len(raw) > limit:
-        dead_rows.append((seq, coords, raw[:1024], "oversized", f"message is {len(raw)} bytes, over the {limit}-byte limit (first 1 KiB kept)"))
-        return None
+        raise _Unplaceable("oversized", f"message is {len(raw)} bytes, over the {limit}-byte limit (first 1 KiB kept)", raw[:1024])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        dead_rows.append((seq, coords, raw, "not_utf8", f"payload is not valid UTF-8: {exc.reason} at byte {exc.start}"))
-        return None
+        raise _Unplaceable("not_utf8", f"payload is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         obj = _fast_loads(text)
     except _NonFinite as exc:
-        dead_rows.append((seq, coords, raw, "non_finite", str(exc)))
-        return None
+        raise _Unplaceable("non_finite", str(exc)) from None
     except ValueError as exc:
-        dead_rows.append((seq, coords, raw, "invalid_json", f"invalid JSON: {exc}"))
-        return None
+        raise _Unplaceable("invalid_json", f"invalid JSON: {exc}") from None
     if type(obj) is not dict:
-        dead_rows.append((seq, coords, raw, "not_object", f"JSON is {_TYPE_NAMES.get(type(obj), 'null' if obj is None else type(obj).__name__)}, not an object"))
-        return None
+        raise _Unplaceable("not_object", f"JSON is {_TYPE_NAMES.get(type(obj), 'null' if obj is None else type(obj).__name__)}, not an object")
     ts_field = rules.event_time_field
     raw_ts = obj.get(ts_field, _MISSING)
     if raw_ts is _MISSING:
-        dead_rows.append((seq, coords, raw, "missing_event_time", f"missing required field '{ts_field}'"))
-        return None
+        raise _Unplaceable("missing_event_time", f"missing required field '{ts_field}'")
     try:
         event_time = parse_event_time(raw_ts)
     except ValueError as exc:
-        dead_rows.append((seq, coords, raw, "bad_event_time", f"field '{ts_field}': {exc}"))
-        return None
+        raise _Unplaceable("bad_event_time", f"field '{ts_field}': {exc}") from None
     if event_time < rules.earliest:
-        dead_rows.append((seq, coords, raw, "before_first_partition", f"event time {event_time.isoformat()} is before the first partition ({rules.earliest.isoformat()})"))
-        return None
-    latest = now + rules.future_tolerance
-    if event_time > latest:
-        dead_rows.append((seq, coords, raw, "future_event_time", f"event time {event_time.isoformat()} is more than {int(rules.future_tolerance.total_seconds())}s ahead of ingestion time {now.isoformat()}"))
-        return None
+        raise _Unplaceable("before_first_partition", f"event time {event_time.isoformat()} is before the first partition ({rules.earliest.isoformat()})")
+    if event_time > now + rules.future_tolerance:
+        raise _Unplaceable(
+            "future_event_time",
+            f"event time {event_time.isoformat()} is more than {int(rules.future_tolerance.total_seconds())}s ahead of ingestion time {now.isoformat()}",
+        )
     row = {"payload": text, "event_time": event_time}
     issues = []
     for name, kind in rules.fields:
