@@ -7,20 +7,18 @@ import shutil
 from pathlib import Path
 
 from assets.spec import StreamSpec
+from medallion.instance import write_instance_yaml
 from resources.embedded_broker import running_broker, start_broker
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
-from resources.settings import REPO_ROOT, Settings
+from resources.settings import Settings
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
-    """DAGSTER_HOME under MEDALLION_HOME, with the repo's dagster.yaml (the embedded instance: SQLite)."""
+    """DAGSTER_HOME under MEDALLION_HOME, with the instance's dagster.yaml (SQLite, or PostgreSQL if configured)."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    src = REPO_ROOT / "dagster.yaml"
-    dst = home / "dagster.yaml"
-    if not dst.exists() or dst.read_bytes() != src.read_bytes():
-        shutil.copyfile(src, dst)
+    write_instance_yaml(settings, home)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

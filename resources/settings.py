@@ -14,6 +14,7 @@ PIPELINE_VERSION = "0.1.0"
 class Settings:
     home: Path
     kafka_bootstrap: str | None  # None: start the embedded Tansu broker
+    postgres_url: str | None = None  # None: the Dagster instance on SQLite under dagster_home
 
     @property
     def dagster_home(self) -> Path:
@@ -37,4 +38,5 @@ def load_settings() -> Settings:
     return Settings(
         home=home,
         kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+        postgres_url=os.environ.get("MEDALLION_POSTGRES_URL") or None,
     )

@@ -116,3 +116,19 @@ def run_child(spec, resources, broker, *args, failpoint=None, timeout=120):
         env["MEDALLION_FAILPOINT"] = failpoint
     cmd = [sys.executable, "-m", "tests.fault_child", spec.topic, resources["lake"].root, resources["warehouse"].chdb_path, broker, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server of the tests' own (see tests/postgres_server.py)."""
+    from tests.postgres_server import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh database on that server, one per test."""
+    return postgres_server.create_database(f"dagster_{uuid.uuid4().hex[:10]}")
