@@ -4,6 +4,7 @@
 from datetime import datetime, timezone
 
 import dagster as dg
+import polars as pl
 
 from assets import keys
 from assets.automation import FOLLOW_PARENTS, FOLLOW_PARENTS_ALLOW_GAPS
@@ -25,6 +26,25 @@ def silver_keys_for(spec: StreamSpec, table: GoldTable, partition_key: str) -> l
     return spec.partitions.get_partition_keys_in_time_window(dg.TimeWindow(start, end))
 
 
+def gold_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_key: str):
+    """Held while a Gold partition is derived from Silver and published (materializations and erasures)."""
+    return lake.stream_lock(spec.name, f"gold-{table.name}-{partition_key.replace(':', '')}")
+
+
+def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str) -> tuple[list[str], pl.DataFrame]:
+    """(the Silver partitions a Gold partition reads, their published rows; an empty Silver frame if none)."""
+    source_keys = silver_keys_for(spec, table, partition_key)
+    silver_rows = lake.read("silver", spec.name, "silver", source_keys)
+    if silver_rows is None:
+        ctx = SilverContext(partition_key, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
+        silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
+    return source_keys, silver_rows
+
+
+def gold_manifest(partition_key: str, source_keys: list[str], silver_rows: pl.DataFrame) -> dict:
+    return {"partition": partition_key, "silver_partitions": source_keys, "silver_rows": silver_rows.height}
+
+
 def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
     key = keys.gold_key(spec, table)
     same_grain = table.partitions == spec.partitions
@@ -38,28 +58,27 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         output_required=False,
         group_name=keys.group(spec, "gold"),
         kinds={"polars", "parquet", "pandera"},
+        freshness_policy=table.freshness,
         owners=list(spec.owners),
         description=table.description,
     )
     def gold(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkEngine):
         pk = context.partition_key
-        source_keys = silver_keys_for(spec, table, pk)
-        silver_rows = lake.read("silver", spec.name, "silver", source_keys)
-        if silver_rows is None:
-            ctx = SilverContext(pk, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
-            silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
-        engine = "spark" if spec.uses_spark(table.spark_build, silver_rows.height, spark.min_rows) else "polars"
-        rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
-        verdict = apply_contract(rows, table.contract)
-        yield check_result(
-            key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
-            verdict.schema_errors, sample_markdown(verdict.failed, list(rows.columns) + ["check", "reason"]),
-        )  # fmt: skip
-        if not verdict.ok:
-            context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
-            return
-        with lake.stream_lock(spec.name, f"gold-{table.name}-{pk.replace(':', '')}"):
-            lake.publish("gold", spec.name, table.name, pk, rows, {"partition": pk, "silver_partitions": source_keys, "silver_rows": silver_rows.height})
+        # Read Silver and publish under one lock, so an erasure (which rewrites Silver and re-derives this
+        # partition under the same lock) is never overwritten by rows read before it.
+        with gold_lock(lake, spec, table, pk):
+            source_keys, silver_rows = gold_source(spec, table, lake, pk)
+            engine = "spark" if spec.uses_spark(table.spark_build, silver_rows.height, spark.min_rows) else "polars"
+            rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
+            verdict = apply_contract(rows, table.contract)
+            yield check_result(
+                key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
+                verdict.schema_errors, sample_markdown(verdict.failed, list(rows.columns) + ["check", "reason"]),
+            )  # fmt: skip
+            if not verdict.ok:
+                context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
+                return
+            lake.publish("gold", spec.name, table.name, pk, rows, gold_manifest(pk, source_keys, silver_rows))
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={

@@ -27,6 +27,11 @@ def quarantine_columns(spec: StreamSpec) -> list[str]:
     return COORDINATES + spec.field_names + ["payload", "check", "reason"]
 
 
+def silver_lock(lake: LakeResource, spec: StreamSpec, partition_key: str):
+    """Held while a Silver partition (and its quarantine) is derived from Bronze and published, or erased from."""
+    return lake.stream_lock(spec.name, f"silver-{partition_key.replace(':', '')}")
+
+
 def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
     key = keys.silver_key(spec)
 
@@ -51,7 +56,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
     )
     def silver(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkEngine):
         pk = context.partition_key
-        with lake.stream_lock(spec.name, f"silver-{pk.replace(':', '')}"):
+        with silver_lock(lake, spec, pk):
             # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it
             # only for the rows set aside.
             bronze = lake.read_bronze(spec.name, pk, exclude=["payload"])

@@ -36,6 +36,8 @@ class GoldTable:
     spark_build: Callable | None = None  # (spark session, silver rows) -> the same rows as `build`
     rollups: tuple["Rollup", ...] = ()  # AggregatingMergeTree tables fed from this one by materialized views
     ttl: str | None = None  # ClickHouse TTL expression, e.g. "day + INTERVAL 400 DAY"
+    # Shown in the UI (Gold and its warehouse table): FAIL when not updated for 15 minutes, WARN after 5.
+    freshness: dg.FreshnessPolicy | None = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=15), warn_window=timedelta(minutes=5))
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,24 @@ class Rollup:
     order_by: str
     time_column: str
     select: str
+
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    """Whose data a stream's records are, for erasure requests (`medallion erase --subject <kind>:<id>`).
+
+    `field` is the wire field holding the subject's identifier (raw in Bronze and dead-letter). Silver,
+    Gold and the quarantine hold it in `silver_column` (the same name unless the transform renames it), as
+    its keyed pseudonym when `field` is one of the stream's `pii_fields`, else as the raw value.
+    """
+
+    kind: str  # what the subject is called on the command line: "user", "sensor"
+    field: str
+    silver_column: str | None = None  # defaults to `field`
+
+    @property
+    def column(self) -> str:
+        return self.silver_column or self.field
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,7 @@ class StreamSpec:
     spark_silver_transform: Callable | None = None
     engine: Literal["auto", "polars", "spark"] = "auto"
     pii_fields: tuple[str, ...] = ()  # raw values stay in Bronze; Silver/quarantine see keyed pseudonyms
+    subject: SubjectSpec | None = None  # the data subject of each record: what `medallion erase` removes
     # Events for `medallion demo` / `simulate`: (config, stats) -> iterator of (key, value) bytes.
     simulator: Callable | None = None
     # The bad-input corpus for `medallion demo --bad-input N`: (tag, max_message_bytes) -> list of BadInput.

@@ -59,6 +59,26 @@ def day_gold_keys(table: GoldTable, partition_key: str) -> tuple[str, list[str]]
     return day_start.strftime("%Y%m%d"), day_keys
 
 
+def warehouse_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, day_id: str):
+    """Held while a day of a warehouse table is read from Gold and swapped (loads and erasures)."""
+    return lake.stream_lock(spec.name, f"warehouse-{keys.warehouse_table(spec, table)}-{day_id}")
+
+
+def load_day(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, day_id: str, gold_keys: list[str]) -> int:
+    """Swap one day of the table for the Gold partitions of that day, then refresh its rollups' month.
+    The caller holds `warehouse_lock` for the day. Returns the rows loaded."""
+    name = keys.warehouse_table(spec, table)
+    warehouse.ensure_tables(all_ddl(spec, table))
+    rows = lake.read("gold", spec.name, table.name, gold_keys)
+    loaded = warehouse.replace_partition(name, day_id, load_frame(table, rows)) if rows is not None else warehouse.drop_partition(name, day_id)
+    # A partition swap fires no materialized view: re-run each rollup's view query for its month.
+    month_id = day_id[:6]
+    for r in table.rollups:
+        month_rows = f"(SELECT * FROM {name} WHERE toYYYYMM({table.time_column}) = {month_id})"
+        warehouse.replace_partition_from_query(r.name, month_id, r.select.strip().format(source=month_rows))
+    return loaded
+
+
 def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
     key = keys.warehouse_key(spec, table)
     name = keys.warehouse_table(spec, table)
@@ -70,6 +90,7 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
         automation_condition=FOLLOW_PARENTS,
         group_name=keys.group(spec, "warehouse"),
         kinds={"clickhouse"},
+        freshness_policy=table.freshness,
         owners=list(spec.owners),
         description=f"ClickHouse table `{name}` (MergeTree, partitioned by day): {table.description}",
         metadata={"table": name, "ddl": dg.MetadataValue.md("```sql\n" + ";\n\n".join(all_ddl(spec, table)) + "\n```")},
@@ -77,15 +98,8 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
     def load(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource):
         day_id, gold_keys = day_gold_keys(table, context.partition_key)
         # Read and swap under one lock: two hours of the same day loading at once must not lose either.
-        with lake.stream_lock(spec.name, f"warehouse-{name}-{day_id}"):
-            warehouse.ensure_tables(all_ddl(spec, table))
-            rows = lake.read("gold", spec.name, table.name, gold_keys)
-            loaded = warehouse.replace_partition(name, day_id, load_frame(table, rows)) if rows is not None else warehouse.drop_partition(name, day_id)
-            # A partition swap fires no materialized view: re-run each rollup's view query for its month.
-            month_id = day_id[:6]
-            for r in table.rollups:
-                month_rows = f"(SELECT * FROM {name} WHERE toYYYYMM({table.time_column}) = {month_id})"
-                warehouse.replace_partition_from_query(r.name, month_id, r.select.strip().format(source=month_rows))
+        with warehouse_lock(lake, spec, table, day_id):
+            loaded = load_day(spec, table, lake, warehouse, day_id, gold_keys)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": loaded,

@@ -1,10 +1,12 @@
-"""Counts from every layer, and the reconciliation users rely on: consumed = Bronze + dead-letter, Gold = warehouse."""
+"""Counts from every layer, and the reconciliation users rely on: consumed = Bronze + dead-letter (+ rows erased
+from them for data subjects, see assets/erasure.py), Gold = warehouse."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from assets import keys
+from assets.erasure import erased_source_rows
 from assets.promotion import CONTRACT_CHECK
 from assets.spec import StreamSpec
 from resources.kafka import KafkaResource
@@ -27,6 +29,7 @@ def stream_summary(spec: StreamSpec, lake: LakeResource, warehouse: WarehouseRes
     consumed = sum(e.end - e.start for e in ledger)
     bronze_rows = lake.count_bronze(spec.name)
     dead = lake.count_dead_letter(spec.name)
+    erased = erased_source_rows(lake, spec.name)  # Bronze + dead-letter rows removed by erasure requests
     gold = {keys.warehouse_table(spec, t): lake.count_rows("gold", spec.name, t.name) for t in spec.gold}
     wh = {}
     for t in spec.gold:
@@ -48,11 +51,12 @@ def stream_summary(spec: StreamSpec, lake: LakeResource, warehouse: WarehouseRes
         for ck in check_keys:
             results = latest_check_results(instance, ck)
             checks[ck.to_user_string()] = bool(results) and all(results.values())
-    reconciled = consumed == bronze_rows + dead and gold == wh and (backlog in (None, 0))
+    reconciled = consumed == bronze_rows + dead + erased and gold == wh and (backlog in (None, 0))
     return {
         "consumed": consumed,
         "bronze_rows": bronze_rows,
         "dead_letter_rows": dead,
+        "erased_rows": erased,
         "unconsumed_backlog": backlog,
         "silver_rows": lake.count_rows("silver", spec.name, "silver"),
         "quarantined_rows": lake.count_rows("quarantine", spec.name, "silver"),
@@ -68,7 +72,7 @@ def platform_summary(streams, lake, warehouse, kafka, instance) -> dict:
     per_stream = {s.name: stream_summary(s, lake, warehouse, kafka, instance) for s in streams}
     total = {
         k: sum(v[k] for v in per_stream.values())
-        for k in ("consumed", "bronze_rows", "dead_letter_rows", "silver_rows", "quarantined_rows")
+        for k in ("consumed", "bronze_rows", "dead_letter_rows", "erased_rows", "silver_rows", "quarantined_rows")
     }
     return {
         **total,

@@ -5,6 +5,8 @@ Layout under `root`:
     <layer>/<stream>/<table>/pk=<partition>/_manifest.json   row count, schema, sources, contract result
     bronze/<stream>/pk=<partition>/p<kp>-<start>-<end>.parquet  Bronze: one file per Kafka offset range
     bronze/<stream>/_ledger/p<kp>/<start>-<end>.json         Bronze commit records (the offsets that landed)
+    _audit/<log>.jsonl                                        append-only audit logs (e.g. erasures.jsonl)
+    _erasure/<id>/                                            files staged by an erasure in progress (assets/erasure.py)
 
 Publishing is `os.replace` of a fully written file, so a reader sees the old or the new partition, never half.
 """
@@ -187,6 +189,38 @@ class LakeResource(dg.ConfigurableResource):
         for e in self.ledger(stream):
             ends[e.kafka_partition] = max(ends.get(e.kafka_partition, 0), e.end)
         return ends
+
+    # -- audit logs: append-only JSON lines, durable once `append_audit` returns ----------------------
+    def audit_log(self, name: str) -> Path:
+        return self.path / "_audit" / f"{name}.jsonl"
+
+    def append_audit(self, name: str, entry: dict) -> None:
+        """Append one JSON line and fsync it. Callers serialize appends to one log (a lock of their own)."""
+        path = self.audit_log(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
+        with open(path, "ab+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():  # a line torn by a crash stays alone on its line (readers skip it)
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_audit(self, name: str) -> list[dict]:
+        try:
+            lines = self.audit_log(name).read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # torn by a crash mid-append: never committed
+                continue
+        return out
 
     def stream_lock(self, stream: str, name: str = "ingest"):
         """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail."""

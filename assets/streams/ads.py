@@ -9,7 +9,7 @@ import os
 
 from assets.contracts import ads as contracts
 from assets.partitions import DAILY
-from assets.spec import FieldSpec, GoldTable, Rollup, StreamSpec
+from assets.spec import FieldSpec, GoldTable, Rollup, StreamSpec, SubjectSpec
 from assets.transforms import ads as transforms
 from medallion.simulator_ads import generate_ads
 
@@ -80,6 +80,7 @@ ADS = StreamSpec(
     context_partitions=1,
     max_failure_rate=float(os.environ.get("MEDALLION_ADS_MAX_FAILURE_RATE", "0.05")),
     pii_fields=("user_id",),
+    subject=SubjectSpec(kind="user", field="user_id", silver_column="user_key"),
     simulator=generate_ads,
     gold=(CAMPAIGN_DAILY,),
 )

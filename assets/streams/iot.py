@@ -7,7 +7,7 @@ import os
 from assets.contracts import iot as contracts
 from assets.engines import spark_iot
 from assets.partitions import DAILY, HOURLY
-from assets.spec import FieldSpec, GoldTable, StreamSpec
+from assets.spec import FieldSpec, GoldTable, StreamSpec, SubjectSpec
 from assets.transforms import iot as transforms
 from medallion.bad_input import corpus
 from medallion.simulator import generate
@@ -28,6 +28,7 @@ IOT = StreamSpec(
     event_time_field="ts",
     dedup_key="event_id",
     key_field="sensor_id",
+    subject=SubjectSpec(kind="sensor", field="sensor_id"),
     partitions=HOURLY,
     row_contract=contracts.IotReading,
     silver_contract=contracts.IotSilver,
