@@ -3,6 +3,7 @@
 Embedded defaults need no variables. Production forms: KAFKA_BOOTSTRAP_SERVERS (+ KAFKA_SECURITY_PROTOCOL,
 KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOCATION) and CLICKHOUSE_HOST
 (+ CLICKHOUSE_PORT, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, CLICKHOUSE_DATABASE, CLICKHOUSE_SECURE).
+Alerts go to MEDALLION_ALERT_WEBHOOK (links to MEDALLION_UI_URL when set).
 Secrets are passed as `dg.EnvVar`, so their values never appear in run config or the UI.
 """
 
@@ -12,6 +13,7 @@ import os
 
 import dagster as dg
 
+from resources.alerts import AlertWebhook
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.settings import load_settings
@@ -50,4 +52,13 @@ def platform_resources() -> dict:
             secure=os.environ.get("CLICKHOUSE_SECURE", "").lower() in ("1", "true", "yes") or None,
         ),
     )
-    return {"kafka": kafka, "lake": LakeResource(root=str(settings.lake_root)), "warehouse": warehouse}
+    return {
+        "kafka": kafka,
+        "lake": LakeResource(root=str(settings.lake_root)),
+        "warehouse": warehouse,
+        "alerts": alert_webhook(),
+    }
+
+
+def alert_webhook() -> AlertWebhook:
+    return AlertWebhook(**_set(url=_env("MEDALLION_ALERT_WEBHOOK"), ui_url=_env("MEDALLION_UI_URL")))

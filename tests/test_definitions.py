@@ -50,7 +50,7 @@ def test_partitions_hourly_by_event_time_and_daily_rollup():
 
 def test_sensors_run_by_default():
     names = {s.name: s for s in defs.sensors}
-    assert set(names) == {"kafka_iot", "automation_iot", "kafka_ads", "automation_ads"}
+    assert set(names) == {"kafka_iot", "automation_iot", "kafka_ads", "automation_ads", "alert_on_run_failure", "alert_on_check_failure"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in names.values())
     assert names["kafka_iot"].job_name == "ingest_iot" and names["kafka_ads"].job_name == "ingest_ads"
 
@@ -63,3 +63,18 @@ def test_every_automated_asset_is_covered_by_a_layer_sensor():
         if isinstance(s, dg.AutomationConditionSensorDefinition):
             covered |= s.asset_selection.resolve(graph)
     assert automated and automated <= covered
+
+
+def test_gold_and_warehouse_tables_carry_freshness_policies():
+    graph = defs.resolve_asset_graph()
+    for key in ("gold_iot_sensor_5m", "warehouse_iot_sensor_5m", "gold_ads_campaign_daily", "warehouse_ads_campaign_daily"):
+        policy = graph.get(A(key)).freshness_policy
+        assert isinstance(policy, dg.FreshnessPolicy), key
+        assert policy.fail_window.to_timedelta().total_seconds() == 15 * 60
+    assert graph.get(A("silver_iot")).freshness_policy is None
+
+
+def test_erasure_job_takes_request_ids_not_subject_ids():
+    job = defs.resolve_job_def("erase_subject")
+    fields = job.graph.node_named("erase_requested_subjects").definition.config_schema.as_field().config_type.fields
+    assert set(fields) == {"request_ids"}
