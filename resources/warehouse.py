@@ -77,7 +77,7 @@ class WarehouseResource(dg.ConfigurableResource):
             return self.drop_partition(table, partition_id)
         scratch = f"{table}__load_{partition_id}"
         with self.client() as c:
-            c.command(f"DROP TABLE IF EXISTS {scratch}")
+            c.command(f"DROP TABLE IF EXISTS {scratch} SYNC")
             c.command(f"CREATE TABLE {scratch} AS {table}")
             # One block, one part: the swap then moves a single part, and no squashing pass runs on insert.
             rows = str(max(data.num_rows, 1))
@@ -85,19 +85,19 @@ class WarehouseResource(dg.ConfigurableResource):
             failpoint("warehouse.before_replace")
             c.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id}' FROM {scratch}")
             failpoint("warehouse.after_replace")
-            c.command(f"DROP TABLE IF EXISTS {scratch}")
+            c.command(f"DROP TABLE IF EXISTS {scratch} SYNC")
         return data.num_rows
 
     def replace_partition_from_query(self, table: str, partition_id: str, select: str) -> int:
         """Swap one partition of `table` for what `select` returns (rows outside the partition are an error)."""
         scratch = f"{table}__load_{partition_id}"
         with self.client() as c:
-            c.command(f"DROP TABLE IF EXISTS {scratch}")
+            c.command(f"DROP TABLE IF EXISTS {scratch} SYNC")
             c.command(f"CREATE TABLE {scratch} AS {table}")
             c.command(f"INSERT INTO {scratch} {select}")
             c.command(f"ALTER TABLE {table} REPLACE PARTITION ID '{partition_id}' FROM {scratch}")
             rows = int(c.query(f"SELECT count() FROM {scratch}").result_rows[0][0])
-            c.command(f"DROP TABLE IF EXISTS {scratch}")
+            c.command(f"DROP TABLE IF EXISTS {scratch} SYNC")
         return rows
 
     def drop_partition(self, table: str, partition_id: str) -> int:
