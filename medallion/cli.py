@@ -37,9 +37,10 @@ def _simulator_args(sp) -> None:
 
 
 def _resources():
+    """The platform's resources with their EnvVar fields read now: the CLI uses them outside a Dagster run."""
     from resources.config import platform_resources
 
-    return platform_resources()
+    return {k: r.process_config_and_initialize() for k, r in platform_resources().items()}
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:
@@ -211,6 +212,69 @@ def cmd_dev(args) -> int:
             sim.wait(10)
 
 
+def cmd_metrics(args) -> int:
+    """Operational figures per stream in Prometheus's text format: once, or served on /metrics."""
+    from dagster import DagsterInstance
+
+    from medallion.metrics import make_registry, platform_collector, render, serve
+    from medallion.stack import prepare_dagster_home
+
+    if not os.environ.get("DAGSTER_HOME"):  # a deployment sets it (PostgreSQL instance); embedded: this home's
+        prepare_dagster_home(load_settings())
+    try:
+        instance = DagsterInstance.get()
+    except Exception as exc:  # noqa: BLE001 - check figures are left out, the rest is still served
+        print(f"no Dagster instance ({exc}); contract-check figures left out", file=sys.stderr)
+        instance = None
+    registry = make_registry(platform_collector(instance))
+    if not args.serve:
+        print(render(registry), end="")
+        return 0
+    server, _ = serve(registry, args.port, args.host)
+    print(f"serving metrics on http://{args.host}:{args.port}/metrics", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    server.shutdown()
+    return 0
+
+
+def cmd_erase(args) -> int:
+    """Erase one data subject from every layer (see assets/erasure.py); prints no raw id."""
+    from assets.erasure import ErasureError, Subject, erase
+
+    resources = _resources()
+    say = (lambda *_: None) if args.json else print
+    if args.submit:
+        from assets.erasure import submit_request
+
+        try:
+            request_id = submit_request(resources["lake"], Subject.parse(args.subject), args.requested_by)
+        except ErasureError as exc:
+            print(f"erase: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"request_id": request_id}) if args.json else f"filed erasure request {request_id}: launch the erase_subject job (Jobs in the UI) to process it")
+        return 0
+    try:
+        result = erase(Subject.parse(args.subject), resources["lake"], resources["warehouse"], requested_by=args.requested_by, say=say)
+    except ErasureError as exc:
+        print(f"erase: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    for layer, tables in result["removed"].items():
+        for table, n in tables.items():
+            print(f"  {layer:<12} {table:<28} {n:>7} rows removed   partitions {', '.join(result['partitions'].get(layer, {}).get(table, [])) or '-'}")
+    print(f"audit entry {result['erasure_id']} ({result['subject']['kind']} {result['subject']['hash']}) appended; "
+          "Kafka keeps the records until the topics' retention expires.")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="medallion", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -256,6 +320,25 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--port", type=int, default=3000)
     v.add_argument("--rate", type=float, default=200.0, help="simulator events/s (0 = no simulator)")
     v.set_defaults(fn=cmd_dev)
+
+    m = sub.add_parser("metrics", help="operational figures per stream for Prometheus: print once, or --serve /metrics")
+    m.add_argument("--serve", action="store_true", help="serve /metrics over HTTP until stopped")
+    m.add_argument("--port", type=int, default=9464)
+    m.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    m.set_defaults(fn=cmd_metrics)
+
+    e = sub.add_parser(
+        "erase",
+        help="erase one data subject from Bronze, dead-letter, Silver, quarantine, Gold and the warehouse (not from Kafka)",
+        description="Erase a data subject (GDPR) from every lake layer, the dead-letter table and the warehouse, rewriting only "
+        "the partitions that hold it, and append an audit entry (who, when, a keyed hash of the id, partitions, rows removed). "
+        "Kafka cannot be erased from here: the source and dead-letter topics keep the records until their retention expires.",
+    )
+    e.add_argument("--subject", required=True, metavar="KIND:ID", help="user:<user_id> (ads) or sensor:<sensor_id> (IoT)")
+    e.add_argument("--requested-by", default=None, help="who asked, for the audit log (default: the OS user)")
+    e.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    e.add_argument("--submit", action="store_true", help="only file the request for the `erase_subject` job in the UI; prints its id")
+    e.set_defaults(fn=cmd_erase)
 
     args = p.parse_args(argv)
     return args.fn(args)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.erasure import erasure_job
 from assets.factory import build_stream
 from assets.spec import StreamSpec
 from assets.streams import STREAMS
-from resources.config import platform_resources
+from resources.config import alert_webhook, platform_resources
 from resources.spark import SparkEngine
+from sensors.alerts import alert_on_run_failure, build_check_failure_alert
 from sensors.automation import automation_sensors
 from sensors.kafka_sensor import build_kafka_sensor
 
@@ -21,11 +23,12 @@ def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict
         jobs.append(built.ingest_job)
         sensors.append(build_kafka_sensor(spec, built.ingest_job))
         sensors += automation_sensors(spec)
+    sensors += [alert_on_run_failure, build_check_failure_alert(streams)]
     return dg.Definitions(
         assets=assets,
-        jobs=jobs,
+        jobs=[*jobs, erasure_job(streams)],
         sensors=sensors,
-        resources={"spark": SparkEngine(), **(resources if resources is not None else platform_resources())},
+        resources={"spark": SparkEngine(), "alerts": alert_webhook(), **(resources if resources is not None else platform_resources())},
         # In-process: a run of one partition is seconds of work; a subprocess per step would triple it.
         executor=dg.in_process_executor,
     )
