@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install dev demo test bench clean
+.PHONY: install chromium dev demo test test-ui bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# Debian's Chromium for the UI test (Playwright drives /usr/bin/chromium; it never downloads a browser).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
 dev: install
 	$(BIN)/medallion dev
 
@@ -22,7 +26,13 @@ demo: install
 	$(BIN)/medallion demo --events 200000
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 -m "not ui"
+	$(MAKE) --no-print-directory test-ui
+
+# `medallion dev` driven in headless Chromium; PNG screenshots land in $MEDALLION_HOME/artifacts/ui/.
+test-ui: install chromium
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m ui tests/test_ui.py
+	@echo "screenshots: $${MEDALLION_HOME:-$(CURDIR)/.medallion}/artifacts/ui/"
 
 bench: install
 	$(BIN)/python bench/run_all.py

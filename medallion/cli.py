@@ -173,7 +173,10 @@ def cmd_simulate(args) -> int:
     from assets.streams import STREAMS
     from medallion.simulator import SIMULATOR_LINGER_MS, produce
 
-    spec = next(s for s in STREAMS if s.name == args.stream)
+    spec = next((s for s in STREAMS if s.name == args.stream), None)
+    if spec is None:
+        print(f"simulate: unknown stream {args.stream!r} (streams: {', '.join(s.name for s in STREAMS)})", file=sys.stderr)
+        return 2
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     cfg = simulator_config(args, events=args.events, rate=args.rate)
@@ -195,20 +198,23 @@ def cmd_dev(args) -> int:
     print(f"Kafka: {ensure_kafka(settings, STREAMS, _resources()['lake'])}   DAGSTER_HOME: {home}")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     bin_dir = os.path.dirname(sys.executable)
-    sim = None
+    sims = []
     if args.rate > 0:
-        sim = subprocess.Popen(
-            [os.path.join(bin_dir, "medallion"), "simulate", "--events", "0", "--rate", str(args.rate)], env=env
-        )
-        print(f"simulator: {args.rate} events/s into {', '.join(s.topic for s in STREAMS)}")
+        # One simulator per stream: each stream's own event generator into its own topic.
+        for spec in STREAMS:
+            sims.append(subprocess.Popen(
+                [os.path.join(bin_dir, "medallion"), "simulate", "--stream", spec.name, "--events", "0", "--rate", str(args.rate)], env=env
+            ))  # fmt: skip
+        print(f"simulator: {args.rate} events/s into each of {', '.join(s.topic for s in STREAMS)}")
     cmd = [os.path.join(bin_dir, "dagster"), "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", str(REPO_ROOT / "workspace.yaml")]
     try:
         return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
     except KeyboardInterrupt:
         return 0
     finally:
-        if sim is not None:
+        for sim in sims:
             sim.terminate()
+        for sim in sims:
             sim.wait(10)
 
 
