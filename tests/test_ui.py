@@ -288,6 +288,17 @@ def lineage_and_backfill(server: DevServer, browser) -> None:
         layers = {a.split("_")[0] for a in chain}
         assert {"topic", "bronze", "silver", "gold", "warehouse"} == layers, (stream, layers)
 
+    # --- freshness policies: every Gold and warehouse table carries one, as the UI shows it -------------
+    fresh = server.gql(
+        "{ assetNodes { assetKey { path } internalFreshnessPolicy { __typename "
+        "... on TimeWindowFreshnessPolicy { failWindowSeconds warnWindowSeconds } } } }"
+    )["assetNodes"]
+    policies = {n["assetKey"]["path"][0]: n["internalFreshnessPolicy"] for n in fresh}
+    for chain in expected.values():
+        for asset in chain:
+            want = {"__typename": "TimeWindowFreshnessPolicy", "failWindowSeconds": 900, "warnWindowSeconds": 300}
+            assert policies[asset] == (want if asset.split("_")[0] in ("gold", "warehouse") else None), asset
+
     # --- lineage, in the page: the whole graph, then each stream with its groups expanded ---------------
     page = new_page(browser)
     page.goto(f"{server.url}/asset-groups")
