@@ -25,9 +25,10 @@ dev: install
 demo: install
 	$(BIN)/medallion demo --events 200000
 
-test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=12 -m "not ui"
-	$(MAKE) --no-print-directory test-ui
+# Two workers (pytest-xdist) on the two cores; the slowest tests (browser, restarts, crash loops) start first.
+test: install chromium
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=12
+	@echo "UI screenshots: $${MEDALLION_HOME:-$(CURDIR)/.medallion}/artifacts/ui/"
 
 # `medallion dev` driven in headless Chromium; PNG screenshots land in $MEDALLION_HOME/artifacts/ui/.
 test-ui: install chromium

@@ -132,3 +132,9 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """A fresh database on that server, one per test."""
     return postgres_server.create_database(f"dagster_{uuid.uuid4().hex[:10]}")
+
+
+def pytest_collection_modifyitems(items):
+    """Longest first: with two xdist workers, the browser test and the end-to-end runs must not start last."""
+    weight = {"ui": 0, "slow": 1}
+    items.sort(key=lambda item: min([weight.get(m.name, 2) for m in item.iter_markers()] or [2]))
