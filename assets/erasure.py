@@ -58,7 +58,7 @@ from assets.silver import silver_lock
 from assets.spec import StreamSpec
 from assets.warehouse import day_gold_keys, load_day, warehouse_lock
 from resources.faults import failpoint
-from resources.lake import LakeResource
+from resources.lake import LakeResource, atomic_write_bytes
 from resources.pii import pii_key, pseudonymise
 from resources.warehouse import WarehouseResource
 
@@ -406,8 +406,6 @@ def _partition_rows(warehouse: WarehouseResource, table: str, partition_id: str)
 # -- commit, roll forward, recovery ------------------------------------------------------------------
 def _commit(plan: _Plan) -> None:
     """Write the plan, then the commit marker: from here on the erasure will be finished, even after a crash."""
-    from resources.lake import atomic_write_bytes
-
     state = plan.state()
     atomic_write_bytes(plan.staging / "plan.json", json.dumps(state, default=str).encode())
     failpoint("erasure.before_commit")
@@ -576,28 +574,26 @@ def erase(
 def erased_source_rows(lake: LakeResource, stream: str) -> int:
     """Bronze + dead-letter rows erasures removed from `stream`: finished ones (audit log) and files already
     moved into place by a committed erasure not finished yet (a crash, or one running now)."""
-    pending = 0
-    audited_ids = set()
-    root = staging_root(lake)
+    # Committed plans first, the audit log second: an erasure that finishes in between is then counted
+    # once, from the log (read the other way round it would be missed).
     plans = []
-    if root.exists():
-        for staging in sorted(p for p in root.iterdir() if p.is_dir()):
-            try:
-                if (staging / "COMMITTED").exists():
-                    plans.append((staging, json.loads((staging / "plan.json").read_text())))
-            except (FileNotFoundError, ValueError):
-                continue
-    total = 0
+    root = staging_root(lake)
+    for staging in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        try:
+            if (staging / "COMMITTED").exists():
+                plans.append((staging, json.loads((staging / "plan.json").read_text())))
+        except (FileNotFoundError, ValueError):  # finished and removed while we looked
+            continue
+    total, audited = 0, set()
     for e in lake.read_audit(AUDIT_LOG):
-        if e.get("event") != "erasure":
-            continue
-        audited_ids.add(e["erasure_id"])
-        total += e["removed"].get("bronze", {}).get(stream, 0) + e["removed"].get("dead_letter", {}).get(stream, 0)
+        if e.get("event") == "erasure":
+            audited.add(e["erasure_id"])
+            total += e["removed"].get("bronze", {}).get(stream, 0) + e["removed"].get("dead_letter", {}).get(stream, 0)
     for staging, state in plans:
-        if state["entry"]["erasure_id"] in audited_ids:
-            continue
-        pending += sum(f["source_rows"] for f in state["files"] if f["stream"] == stream and not (staging / "files" / f["rel"]).exists())
-    return total + pending
+        if state["entry"]["erasure_id"] not in audited:
+            moved = [f for f in state["files"] if f["stream"] == stream and not (staging / "files" / f["rel"]).exists()]
+            total += sum(f["source_rows"] for f in moved)
+    return total
 
 
 # -- requests and the Dagster job --------------------------------------------------------------------

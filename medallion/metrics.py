@@ -21,11 +21,9 @@ Every source that fails sets `medallion_scrape_error{stream, source}` to 1 inste
 
 from __future__ import annotations
 
-import fcntl
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -71,10 +69,6 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 FRESHNESS_LOOKBACK = 3  # newest Silver partitions tried when looking for the newest event Gold has caught up with
-
-
-class WarehouseBusy(RuntimeError):
-    """chDB's lock is held (a load is running): skip the warehouse figures of this scrape."""
 
 
 class _Families:
@@ -252,10 +246,11 @@ class MedallionCollector(Collector):
     def _collect_warehouse(self, out: _Families) -> None:
         tables = {keys.warehouse_table(spec, t): (spec, t) for spec in self.streams for t in spec.gold}
         try:
-            with _warehouse_client(self.warehouse, self.warehouse_wait_s) as client:
-                if client is None:  # embedded warehouse not created yet: nothing loaded
-                    rows = []
-                else:
+            if self.warehouse.mode == "chdb" and not Path(self.warehouse.chdb_path).exists():
+                rows = []  # embedded warehouse not created yet (and a scrape must not create it): nothing loaded
+            else:
+                # A scrape never queues behind a load: chDB's lock is taken only if free within the wait.
+                with self.warehouse.client(wait_s=self.warehouse_wait_s) as client:
                     existing = {r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
                     parts = [
                         f"SELECT '{name}', count(), toUnixTimestamp(toDateTime(max({t.time_column}))) FROM {name}"
@@ -273,41 +268,6 @@ class MedallionCollector(Collector):
             out.set("warehouse_rows", labels, count)
             if count:
                 out.set("warehouse_newest_timestamp_seconds", labels, newest)
-
-
-@contextmanager
-def _warehouse_client(warehouse: WarehouseResource, wait_s: float):
-    """A client for one short read. For chDB: only if its lock (the one `WarehouseResource.client` takes)
-    is free within `wait_s`; a scrape never queues behind a load."""
-    if warehouse.mode == "server":
-        with warehouse.client() as client:
-            yield client
-        return
-    path = Path(warehouse.chdb_path)
-    if not path.exists():
-        yield None
-        return
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "a") as f:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise WarehouseBusy(f"{lock} is held (a load is running)") from None
-                time.sleep(0.05)
-        try:
-            import clickhouse_connect
-
-            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-            try:
-                yield client
-            finally:
-                client.close()
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def make_registry(collector: MedallionCollector) -> CollectorRegistry:

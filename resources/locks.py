@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import fcntl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
+class LockBusy(RuntimeError):
+    """The lock was not free within the caller's `wait_s`."""
+
+
 @contextmanager
-def exclusive_lock(path: Path, remove_after: bool = False) -> Iterator[None]:
-    """An exclusive flock on `path`, waiting for it; released by the kernel if the process dies."""
+def exclusive_lock(path: Path, remove_after: bool = False, wait_s: float | None = None) -> Iterator[None]:
+    """An exclusive flock on `path`, waiting for it (at most `wait_s`, then LockBusy); released by the kernel
+    if the process dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        if wait_s is None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LockBusy(f"{path} is held") from None
+                    time.sleep(0.05)
         try:
             yield
         finally:

@@ -36,7 +36,9 @@ class WarehouseResource(dg.ConfigurableResource):
         return "server" if self.host else "chdb"
 
     @contextmanager
-    def client(self) -> Iterator:
+    def client(self, wait_s: float | None = None) -> Iterator:
+        """A clickhouse-connect client. chDB admits one process at a time: its file lock is waited for (at most
+        `wait_s`, then LockBusy: a reader that must not queue behind a load, like a metrics scrape)."""
         import clickhouse_connect
 
         if self.host:
@@ -54,7 +56,7 @@ class WarehouseResource(dg.ConfigurableResource):
                 client.close()
             return
         path = Path(self.chdb_path)
-        with exclusive_lock(path.with_name(path.name + ".lock")):
+        with exclusive_lock(path.with_name(path.name + ".lock"), wait_s=wait_s):
             client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
             try:
                 yield client
