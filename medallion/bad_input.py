@@ -47,7 +47,10 @@ def corpus(now: datetime | None = None, tag: str = "bad", max_message_bytes: int
         BadInput("before_first_partition", key, enc(reading("old", ts="2020-01-01T00:00:00+00:00")), "dead_letter", "before the first partition"),
         BadInput("unparseable_ts", key, enc(reading("badts", ts="next tuesday")), "dead_letter", "unparseable timestamp"),
         BadInput("oversized", key, enc(reading("big", note="x" * (max_message_bytes + 1))), "dead_letter", "byte limit"),
+        # 2,000 nested objects (12 KB): deeper than any JSON parser here recurses
+        BadInput("deeply_nested", key, b'{"a":' * 2000 + b"1" + b"}" * 2000, "dead_letter", "nested deeper than the parser allows"),
         BadInput("missing_field", key, enc(reading("missing", value=...)), "quarantine", "missing required field 'value'"),
+        BadInput("huge_integer", key, enc(reading("hugeint")).replace(b"21.5", b"1" + b"0" * 400), "quarantine", "integer too large for a 64-bit float"),
         BadInput("wrong_type", key, enc(reading("wrongtype", value="21.5")), "quarantine", "field 'value' must be a number, got string"),
         BadInput("out_of_range", key, enc(reading("range", value=500.0)), "quarantine", "value_within_physical_range"),
         BadInput("unknown_sensor_type", key, enc(reading("type", sensor_type="radiation")), "quarantine", "radiation"),

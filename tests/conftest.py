@@ -10,6 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from hypothesis import settings
+
+# Property tests: no example database in the repo; a failure prints the blob that reproduces it.
+settings.register_profile("medallion", database=None, print_blob=True)
+settings.load_profile("medallion")
 
 from assets.streams.iot import IOT
 from resources.embedded_broker import start_broker, stop_broker

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import operator
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -71,7 +72,10 @@ def _typed(value, kind: str):
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None, f"must be a number, got {_TYPE_NAMES.get(type(value), 'null' if value is None else type(value).__name__)}"
-        return float(value), None
+        try:
+            return float(value), None
+        except OverflowError:  # an integer literal beyond a 64-bit float (JSON has no size limit)
+            return None, f"is an integer too large for a 64-bit float ({len(str(abs(value)))} digits)"
     if not isinstance(value, str):
         return None, f"must be a string, got {_TYPE_NAMES.get(type(value), 'null' if value is None else type(value).__name__)}"
     try:
@@ -165,7 +169,7 @@ class BronzeParser:
                     vals.append(v)
                     seqs.append(seq + i)
                     continue
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                except Exception:  # noqa: BLE001 - any doubt (nesting limit, odd number, bad bytes): the reference path decides
                     pass
             slow.append(i)
         self._seq += len(messages)
@@ -202,6 +206,26 @@ class BronzeParser:
         the reference path; merge the reference path's rows back in message order."""
         if not self._b_values and not self._slow_rows:
             return
+        try:
+            block, doubtful = self._fast_frame()
+        except Exception:  # noqa: BLE001 - a value the columnar path cannot hold: decide record by record
+            block, doubtful = None, range(len(self._b_values))
+        for pos in doubtful:
+            coords = tuple(c[pos] for c in self._b_coords)
+            self._reference(self._b_seq[pos], coords, self._b_values[pos])
+        frames = [] if block is None else [block]
+        if self._slow_rows:
+            frames += self._slow_frames(self._slow_rows)
+        schema = self.schema
+        out = pl.concat(frames).sort("__seq") if len(frames) > 1 else frames[0] if frames else None
+        if out is not None and out.height:
+            ingested_at = pl.lit(self.now).cast(pl.Datetime("us", "UTC")).alias("ingested_at")
+            self._blocks.append(out.with_columns(ingested_at).select(list(schema)))
+        self._new_block()
+
+    def _fast_frame(self) -> tuple[pl.DataFrame, list[int]]:
+        """(the fast path's rows that polars vouches for, positions of the others). Has no side effects, so
+        a failure can hand the whole block to the reference path."""
         rules, schema = self.rules, self.schema
         columns = list(zip(*self._b_records)) or [[] for _ in range(len(rules.fields) + 1)]
         data = {
@@ -221,30 +245,40 @@ class BronzeParser:
             ok.alias("__ok"),
             pl.when(pl.col("kafka_key").is_null()).then(pl.lit(null_key)).otherwise(pl.lit(None, pl.String)).alias("parse_issues"),
         )
+        doubtful: list[int] = []
         if not block["__ok"].all():
-            for pos in block.with_row_index("__pos").filter(~pl.col("__ok"))["__pos"].to_list():
-                coords = tuple(c[pos] for c in self._b_coords)
-                self._reference(self._b_seq[pos], coords, self._b_values[pos])
+            doubtful = block.with_row_index("__pos").filter(~pl.col("__ok"))["__pos"].to_list()
             block = block.filter(pl.col("__ok"))
-        block = block.drop("__ok")
-        if self._slow_rows:
-            rows = self._slow_rows
-            slow = pl.DataFrame(
-                {
-                    "__seq": pl.Series([r["__seq"] for r in rows], dtype=pl.Int64),
-                    **_coordinate_columns(_transpose([r["__coords"] for r in rows])),
-                    **{k: pl.Series(k, [r[k] for r in rows], dtype=schema[k]) for k in ("payload", "event_time", *(f for f, _ in rules.fields), "parse_issues")},
-                }
-            )
-            block = pl.concat([block, slow.select(block.columns)]).sort("__seq")
-        ingested_at = pl.lit(self.now).cast(pl.Datetime("us", "UTC")).alias("ingested_at")
-        self._blocks.append(block.with_columns(ingested_at).select(list(schema)))
-        self._new_block()
+        return block.drop("__ok").select("__seq", *[c for c in schema if c != "ingested_at"]), doubtful
+
+    def _slow_frames(self, rows: list[dict]) -> list[pl.DataFrame]:
+        """The reference path's rows as frames; a row no column can hold is dead-lettered on its own."""
+        try:
+            return [self._slow_frame(rows)]
+        except Exception:  # noqa: BLE001 - find the row(s) at fault
+            pass
+        frames = []
+        for r in rows:
+            try:
+                frames.append(self._slow_frame([r]))
+            except Exception as exc:  # noqa: BLE001 - one record never stops the stream
+                self._dead_rows.append((r["__seq"], r["__coords"], r["__raw"], UNEXPECTED, unexpected_reason(exc)))
+        return frames
+
+    def _slow_frame(self, rows: list[dict]) -> pl.DataFrame:
+        schema, fields = self.schema, [f for f, _ in self.rules.fields]
+        return pl.DataFrame(
+            {
+                "__seq": pl.Series([r["__seq"] for r in rows], dtype=pl.Int64),
+                **_coordinate_columns(_transpose([r["__coords"] for r in rows])),
+                **{k: pl.Series(k, [r[k] for r in rows], dtype=schema[k]) for k in ("payload", "event_time", *fields, "parse_issues")},
+            }
+        ).select("__seq", *[c for c in schema if c != "ingested_at"])
 
     def _reference(self, seq: int, coords: tuple, raw) -> None:
         row = _slow_row(coords, raw, self.rules, self.now, self._dead_rows, seq)
         if row is not None:
-            self._slow_rows.append({"__seq": seq, "__coords": coords, **row})
+            self._slow_rows.append({"__seq": seq, "__coords": coords, "__raw": raw, **row})
 
 
 def coordinates(m) -> tuple:
@@ -315,8 +349,27 @@ def _slow_row(coords: tuple, raw, rules: BronzeRules, now: datetime, dead_rows: 
     try:
         return _reference_row(coords, raw, rules, now)
     except _Unplaceable as dead:
-        dead_rows.append((seq, coords, raw if dead.kept is None else dead.kept, dead.error_class, dead.reason))
-        return None
+        dead_rows.append((seq, coords, raw if dead.kept is None else dead.kept, dead.error_class, safe_text(dead.reason)))
+    except Exception as exc:  # noqa: BLE001 - one record must never stop the stream: it is dead-lettered
+        dead_rows.append((seq, coords, _kept(raw, rules.max_message_bytes), UNEXPECTED, unexpected_reason(exc)))
+    return None
+
+
+UNEXPECTED = "unexpected"
+
+
+def unexpected_reason(exc: BaseException) -> str:
+    return safe_text(f"unexpected error while parsing: {type(exc).__name__}: {exc}")[:1000]
+
+
+def safe_text(text: str) -> str:
+    """`text` as valid UTF-8 (a lone surrogate from a JSON escape cannot be stored in a text column)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _kept(raw, limit: int) -> bytes:
+    data = bytes(raw or b"")
+    return data if len(data) <= limit else data[:1024]
 
 
 def _reference_row(coords: tuple, raw, rules: BronzeRules, now: datetime) -> dict:
@@ -335,6 +388,8 @@ def _reference_row(coords: tuple, raw, rules: BronzeRules, now: datetime) -> dic
         raise _Unplaceable("non_finite", str(exc)) from None
     except ValueError as exc:
         raise _Unplaceable("invalid_json", f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise _Unplaceable("too_deep", f"JSON nested deeper than the parser allows (about {sys.getrecursionlimit()} levels)") from None
     if type(obj) is not dict:
         raise _Unplaceable("not_object", f"JSON is {_TYPE_NAMES.get(type(obj), 'null' if obj is None else type(obj).__name__)}, not an object")
     ts_field = rules.event_time_field
