@@ -10,11 +10,14 @@ FOLLOW_PARENTS = (AC.eager().without(AC.in_latest_time_window()) & AC.all_deps_b
     "follow parents (any partition, checks passed)"
 )
 
-# A daily rollup over hourly parents: hours that never received data are normal, so missing parents don't
-# block, and a new empty day is not a reason to run.
+# A daily rollup over hourly parents. While data flows one of its hours is nearly always being written, so it
+# cannot wait for none to be in progress (it would never run): it runs at most once a minute while parents
+# are in progress (it reads the versions they have published; their next update brings it back) and at
+# once when they are quiet. Hours that never received data are normal, so missing parents don't block, and
+# a new empty day is not a reason to run.
 FOLLOW_PARENTS_ALLOW_GAPS = (
     AC.any_deps_updated().since_last_handled()
-    & ~AC.any_deps_in_progress()
+    & (~AC.any_deps_in_progress() | AC.cron_tick_passed("* * * * *").since_last_handled())
     & ~AC.in_progress()
     & AC.all_deps_blocking_checks_passed()
-).with_label("follow parents (any partition, gaps allowed, checks passed)")
+).with_label("follow parents (any partition, gaps allowed, at most once a minute while parents are in progress, checks passed)")

@@ -84,7 +84,7 @@ def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
     )
     def bronze(context: dg.AssetExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource):
         own = context.partition_key
-        with lake.run_alive(context.run_id), lake.stream_lock(spec.name):
+        with lake.stream_lock(spec.name):
             for action in lake.recover_bronze(spec.name):
                 context.log.warning(f"recovery: {action}")
             entries = lake.unreported_entries(spec.name)  # a crashed run committed these but never announced them

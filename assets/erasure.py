@@ -14,6 +14,8 @@ What is removed, per stream whose subject kind matches:
   and payload as above. Silver and quarantine rows also match by lineage (the Kafka coordinates of the
   subject's Bronze records), so rows pseudonymised under an earlier PII key are not left behind. Other rows are kept exactly as they were (not re-derived): Silver, its statistics
   and attribution are per subject, so nobody else's rows depend on the subject's.
+- The history each Silver partition hands to the next (`StreamSpec.history`, e.g. a sensor's last readings):
+  the subject's rows, by the same column.
 - Gold partitions fed by a rewritten Silver partition (or holding the subject) are re-derived from the
   rewritten Silver with the table's own builder and contract, and the warehouse days holding them are
   swapped from Gold with the load the warehouse assets use, rollups included.
@@ -53,7 +55,8 @@ from pydantic import Field
 from assets import keys
 from assets.contracts.gate import apply_contract
 from assets.gold import gold_lock, gold_manifest, gold_source, silver_keys_for
-from assets.partitions import window
+from assets.history import HISTORY_TABLE
+from assets.partitions import key_from_dirname, window
 from assets.silver import silver_lock
 from assets.spec import StreamSpec
 from assets.warehouse import day_gold_keys, load_day, warehouse_lock
@@ -63,9 +66,9 @@ from resources.pii import pii_key, pseudonymise
 from resources.warehouse import WarehouseResource
 
 AUDIT_LOG = "erasures"
-LAYERS = ("bronze", "dead_letter", "silver", "quarantine", "gold", "warehouse")
+LAYERS = ("bronze", "dead_letter", "silver", "quarantine", "history", "gold", "warehouse")
 # Roll-forward order: sources first, so a crash never leaves a derived layer cleaner than its source.
-_ORDER = {"bronze": 0, "dead_letter": 1, "silver": 2, "quarantine": 3, "gold": 4}
+_ORDER = {"bronze": 0, "dead_letter": 1, "silver": 2, "quarantine": 3, "history": 3, "gold": 4}
 
 
 class ErasureError(Exception):
@@ -290,24 +293,32 @@ def _plan_stream(plan: _Plan, spec: StreamSpec, m: _Match, locks: ExitStack, war
         q = pl.read_parquet(path)
         if m.mask("quarantine", q).any():
             touched_pks.add(path.parent.name)
+    # The history each partition hands to the next (e.g. a sensor's last readings) holds the subject too;
+    # histories are per subject, so nobody else's rows in it change.
+    tables = {"silver": ("silver", "silver"), "quarantine": ("quarantine", "silver")}
+    if spec.history is not None and subj.column in spec.history.columns:
+        tables["history"] = ("silver", HISTORY_TABLE)
+        removed.setdefault("history", {})[name] = 0
+        history_files = sorted(lake.table_dir("silver", name, HISTORY_TABLE).glob("pk=*/data.parquet"))
+        touched_pks |= {Path(f).parent.name for f in _files_with(history_files, m.expr("silver"), [subj.column])}
     partitions = sorted(_partition_key(spec, d) for d in touched_pks)
     for pk in partitions:
-        locks.enter_context(silver_lock(lake, spec, pk))
+        locks.enter_context(silver_lock(lake, spec, pk))  # also held while a partition's history is written
     new_silver: dict[str, pl.DataFrame] = {}  # rewritten Silver partitions
     for pk in partitions:
-        for layer in ("silver", "quarantine"):
-            path = lake.partition_file(layer, name, "silver", pk)
+        for layer, (stored_layer, table_name) in tables.items():
+            path = lake.partition_file(stored_layer, name, table_name, pk)
             if not path.exists():
                 continue
             rows = pl.read_parquet(path)
-            keep = rows.filter(~m.mask(layer, rows))
+            keep = rows.filter(~(m.mask(layer, rows) if layer != "history" else rows.select(m.expr("silver")).to_series()))
             gone = rows.height - keep.height
             if not gone:
                 continue
             if layer == "silver":
                 new_silver[pk] = keep
             plan.stage(path, name, layer, keep)
-            plan.stage(path.with_name("_manifest.json"), name, layer, _updated_manifest(lake, layer, name, "silver", pk, keep, gone, plan.erasure_id))
+            plan.stage(path.with_name("_manifest.json"), name, layer, _updated_manifest(lake, stored_layer, name, table_name, pk, keep, gone, plan.erasure_id))
             plan.count(layer, name, gone, pk)
 
     # Gold: every published partition fed by a rewritten Silver partition, or holding the subject itself,
@@ -322,7 +333,7 @@ def _plan_stream(plan: _Plan, spec: StreamSpec, m: _Match, locks: ExitStack, war
             gold_pks.add(table.partitions.get_partition_key_for_timestamp(start.timestamp()))
         gold_files = sorted(lake.table_dir("gold", name, table.name).glob("pk=*/data.parquet"))
         if gold_files and subj.column in pl.read_parquet_schema(gold_files[0]):
-            gold_pks |= {_partition_key_of(table.partitions, Path(f).parent.name) for f in _files_with(gold_files, m.expr("gold"), [subj.column])}
+            gold_pks |= {key_from_dirname(table.partitions, Path(f).parent.name) for f in _files_with(gold_files, m.expr("gold"), [subj.column])}
         gold_pks = sorted(pk for pk in gold_pks if pk.replace(":", "") in published)
         for gpk in gold_pks:
             locks.enter_context(gold_lock(lake, spec, table, gpk))
@@ -353,12 +364,7 @@ def _plan_stream(plan: _Plan, spec: StreamSpec, m: _Match, locks: ExitStack, war
 
 def _partition_key(spec: StreamSpec, dirname: str) -> str:
     """`pk=2026-11-20-0500` -> `2026-11-20-05:00` (directory names drop the colon)."""
-    return _partition_key_of(spec.partitions, dirname)
-
-
-def _partition_key_of(partitions, dirname: str) -> str:
-    fmt = partitions.fmt
-    return datetime.strptime(dirname[3:], fmt.replace(":", "")).strftime(fmt)
+    return key_from_dirname(spec.partitions, dirname)
 
 
 def _sql_str(value: str) -> str:
@@ -465,7 +471,7 @@ def _plan_locks(lake: LakeResource, streams, state: dict, locks: ExitStack) -> N
     silver, gold = set(), set()
     for f in state["files"]:
         rel = Path(f["rel"])  # <layer>/<stream>/<table>/pk=<key>/<file>
-        if f["layer"] in ("silver", "quarantine"):
+        if f["layer"] in ("silver", "quarantine", "history"):
             silver.add((f["stream"], _partition_key(by_name[f["stream"]], rel.parent.name)))
         elif f["layer"] == "gold":
             gold.add((f["stream"], rel.parts[2], rel.parent.name))
@@ -473,7 +479,7 @@ def _plan_locks(lake: LakeResource, streams, state: dict, locks: ExitStack) -> N
         locks.enter_context(silver_lock(lake, by_name[stream], pk))
     for stream, table_name, dirname in sorted(gold):
         table = next(t for t in by_name[stream].gold if t.name == table_name)
-        locks.enter_context(gold_lock(lake, by_name[stream], table, _partition_key_of(table.partitions, dirname)))
+        locks.enter_context(gold_lock(lake, by_name[stream], table, key_from_dirname(table.partitions, dirname)))
     for w in state["warehouse"]:
         spec = by_name[w["stream"]]
         locks.enter_context(warehouse_lock(lake, spec, next(t for t in spec.gold if t.name == w["table"]), w["day"]))

@@ -33,3 +33,9 @@ def partition_start(partitions: dg.TimeWindowPartitionsDefinition) -> datetime:
 def window(partitions: dg.TimeWindowPartitionsDefinition, key: str) -> tuple[datetime, datetime]:
     tw = partitions.time_window_for_partition_key(key)
     return tw.start.astimezone(timezone.utc), tw.end.astimezone(timezone.utc)
+
+
+def key_from_dirname(partitions: dg.TimeWindowPartitionsDefinition, dirname: str) -> str:
+    """`pk=2026-11-20-0500` (a lake directory, which drops the colon) -> `2026-11-20-05:00`."""
+    fmt = partitions.fmt
+    return datetime.strptime(dirname.removeprefix("pk="), fmt.replace(":", "")).strftime(fmt)

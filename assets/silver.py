@@ -11,6 +11,11 @@ from assets import keys
 from assets.automation import FOLLOW_PARENTS
 from assets.bronze import empty_bronze
 from assets.contracts.gate import apply_contract
+from assets.history import (
+    CONTENT_HASH, CONTEXT_HASH, CONTEXT_PARTITION, HISTORY_CHANGED, HISTORY_HASH, HISTORY_TABLE,
+    frame_hash, history_before, latest_materialization, latest_observation,
+)  # fmt: skip
+from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.spec import SilverContext, StreamSpec
 from assets.transforms.dedup import derive_silver
@@ -30,6 +35,13 @@ def quarantine_columns(spec: StreamSpec) -> list[str]:
 def silver_lock(lake: LakeResource, spec: StreamSpec, partition_key: str):
     """Held while a Silver partition (and its quarantine) is derived from Bronze and published, or erased from."""
     return lake.stream_lock(spec.name, f"silver-{partition_key.replace(':', '')}")
+
+
+class SilverConfig(dg.Config):
+    # False for re-derivations asked for because an earlier partition's history changed: rows that come out
+    # the same are then not republished and not materialized, so Gold and the warehouse do not re-run. Runs
+    # that also select Gold keep the default (Gold must not be skipped because Silver did not change).
+    publish_unchanged: bool = True
 
 
 def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
@@ -54,7 +66,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
         owners=list(spec.owners),
         description=f"{spec.description}: typed, validated, deduplicated and enriched; quarantine beside it.",
     )
-    def silver(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkEngine):
+    def silver(context: dg.AssetExecutionContext, config: SilverConfig, lake: LakeResource, spark: SparkEngine):
         pk = context.partition_key
         with silver_lock(lake, spec, pk):
             # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it
@@ -64,7 +76,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                 context.log.info(f"Bronze partition {pk} of {spec.name} has no data")
                 bronze = empty_bronze(spec).drop("payload")
             rows = apply_contract(bronze, spec.row_contract)
-            context_rows = _context(spec, lake, pk)
+            context_pk, context_rows = history_before(spec, lake, pk) if spec.history else (None, None)
             key_for_pii = pii_key() if spec.pii_fields else None
             ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION, pii_key=key_for_pii)
             engine = "spark" if spec.uses_spark(spec.spark_silver_transform, bronze.height, spark.min_rows) else "polars"
@@ -106,10 +118,23 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                     f"({failure_rate:.2%} > {spec.max_failure_rate:.2%}) {counts}; the previous version keeps serving"
                 )
                 return
-            lake.publish(
-                "silver", spec.name, "silver", pk, out.rows,
-                {"partition": pk, "bronze_rows": bronze.height, "quarantined": quarantine.height, "pipeline_version": PIPELINE_VERSION},
-            )  # fmt: skip
+            content = frame_hash(out.rows, ignore=("processed_at",))
+            published = latest_materialization(context.instance, spec, pk)
+            rows_changed = (
+                config.publish_unchanged
+                or published is None
+                or published.get(CONTENT_HASH) != content
+                or not lake.partition_file("silver", spec.name, "silver", pk).exists()
+            )
+            if rows_changed:
+                lake.publish(
+                    "silver", spec.name, "silver", pk, out.rows,
+                    {"partition": pk, "bronze_rows": bronze.height, "quarantined": quarantine.height, "pipeline_version": PIPELINE_VERSION},
+                )  # fmt: skip
+            lineage = _hand_on_history(context, spec, lake, pk, context_pk, context_rows, out.rows) if spec.history else {}
+            if not rows_changed:
+                context.log.info(f"silver {pk}: re-derived rows equal the published ones; not republished, downstream need not run")
+                return
             yield dg.MaterializeResult(
                 asset_key=key,
                 metadata={
@@ -121,26 +146,34 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                     "context_rows": 0 if context_rows is None else context_rows.height,
                     "engine": engine,
                     "path": str(lake.partition_file("silver", spec.name, "silver", pk)),
+                    CONTENT_HASH: content,
+                    **lineage,
                 },
             )
 
     return silver
 
 
-def _context(spec: StreamSpec, lake: LakeResource, pk: str) -> pl.DataFrame | None:
-    """The published Silver rows of the previous partition(s): history for rolling statistics."""
-    if not spec.context_partitions:
-        return None
-    keys_before = []
-    current = pk
-    for _ in range(spec.context_partitions):
-        window = spec.partitions.time_window_for_partition_key(current)
-        prev = spec.partitions.get_prev_partition_window(window.start)
-        if prev is None:
-            break
-        current = spec.partitions.get_partition_key_for_timestamp(prev.start.timestamp())
-        keys_before.append(current)
-    return lake.read("silver", spec.name, "silver", keys_before) if keys_before else None
+def _hand_on_history(context, spec: StreamSpec, lake: LakeResource, pk: str, context_pk, context_rows, silver_rows) -> dict:
+    """Store the history as of this partition's end if it changed, and log the observation the
+    `history_<stream>` sensor follows (also when unchanged: it says which history this partition started from)."""
+    handed_on = spec.history.carry(context_rows, silver_rows, window(spec.partitions, pk)[1])
+    digest = frame_hash(handed_on)
+    last = latest_observation(context.instance, spec, pk)
+    # Compared with what was last announced, not with the stored file: a crash between storing and
+    # announcing must still announce.
+    changed = last is None or last.get(HISTORY_HASH) != digest or not lake.partition_file("silver", spec.name, HISTORY_TABLE, pk).exists()
+    if changed:
+        lake.publish("silver", spec.name, HISTORY_TABLE, pk, handed_on, {"partition": pk, "context_partition": context_pk})
+    lineage = {CONTEXT_PARTITION: context_pk or "-", CONTEXT_HASH: frame_hash(context_rows), HISTORY_HASH: digest}
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=keys.silver_key(spec), partition=pk, metadata={**lineage, HISTORY_CHANGED: changed, "history_rows": handed_on.height}
+        )
+    )
+    if changed:
+        context.log.info(f"silver {pk}: history handed on changed ({handed_on.height} rows); later partitions that read it follow")
+    return lineage
 
 
 def derive_silver_rows(spec: StreamSpec, bronze: pl.DataFrame, context_rows: pl.DataFrame | None, ctx: SilverContext) -> pl.DataFrame:

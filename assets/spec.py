@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 import dagster as dg
@@ -75,6 +75,24 @@ class SubjectSpec:
 
 
 @dataclass(frozen=True)
+class History:
+    """What a Silver partition hands to the partitions after it, for rules that look back in time (a rolling
+    z-score over each sensor's previous readings, attribution to an earlier impression).
+
+    `carry(previous, silver_rows, partition_end)` returns the history as of the end of a partition from the
+    history before it (None if there is none) and the partition's published Silver rows, e.g. each sensor's
+    last 100 readings. The platform stores it beside each Silver partition and hands the latest one before a
+    partition to the Silver transform as its `context`. A partition looks back at most `lookback` for it;
+    when a re-derivation changes a partition's history, the next partition with data is re-derived by the
+    `history_<stream>` sensor, and so on until a history comes out unchanged.
+    """
+
+    carry: Callable[[pl.DataFrame | None, pl.DataFrame, datetime], pl.DataFrame]
+    lookback: timedelta
+    columns: tuple[str, ...]  # the history's columns (subject erasure filters them like Silver)
+
+
+@dataclass(frozen=True)
 class SilverOutput:
     """What a stream's Silver transform returns: the rows to publish and the rows it set aside."""
 
@@ -100,7 +118,7 @@ class StreamSpec:
     silver_transform: Callable[[pl.DataFrame, pl.DataFrame | None, "SilverContext"], SilverOutput]
     gold: tuple[GoldTable, ...]
     max_failure_rate: float = 0.05  # above this share of quarantined rows, the partition is not published
-    context_partitions: int = 0  # previous Silver partitions passed to the transform as context
+    history: History | None = None  # carried from partition to partition; the transform's `context`
     max_message_bytes: int = 64 * 1024
     future_tolerance: timedelta = timedelta(minutes=5)
     owners: tuple[str, ...] = ("team:data-platform",)

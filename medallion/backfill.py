@@ -12,6 +12,7 @@ from datetime import timezone
 import dagster as dg
 
 from sensors.automation import LAYERS
+from sensors.dead_runs import owner_tags
 
 
 def _parse_bound(key: str) -> dg.TimeWindow:
@@ -49,7 +50,7 @@ def backfill(defs: dg.Definitions, instance: dg.DagsterInstance, start: str, end
         keys_in_range = pdef.get_partition_keys_in_time_window(dg.TimeWindow(lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)))
         for pk in keys_in_range:
             result = job.execute_in_process(
-                instance=instance, partition_key=pk, asset_selection=groups[pid], tags={"medallion/backfill": f"{start}...{end}"}, raise_on_error=False
+                instance=instance, partition_key=pk, asset_selection=groups[pid], tags={"medallion/backfill": f"{start}...{end}", **owner_tags()}, raise_on_error=False
             )
             say(f"{pk}: {'ok' if result.success else 'FAILED'} ({', '.join(k.to_user_string() for k in groups[pid])})")
             results.append(result)

@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets import keys
 from assets.erasure import erasure_job
-from assets.factory import build_stream
+from assets.factory import build_stream, rederive_jobs
 from assets.spec import StreamSpec
 from assets.streams import STREAMS
 from resources.config import alert_webhook, platform_resources
 from resources.spark import SparkEngine
 from sensors.alerts import alert_on_run_failure, build_check_failure_alert
 from sensors.automation import automation_sensors
+from sensors.dead_runs import build_dead_run_sensor
+from sensors.history import build_history_sensor
 from sensors.kafka_sensor import build_kafka_sensor
 
 
 def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict | None = None) -> dg.Definitions:
     assets, jobs, sensors = [], [], []
+    rederive = rederive_jobs(streams)  # asset key -> the job that re-derives it (one per partitioning)
     for spec in streams:
         built = build_stream(spec)
         assets += built.assets
         jobs.append(built.ingest_job)
         sensors.append(build_kafka_sensor(spec, built.ingest_job))
         sensors += automation_sensors(spec)
-    sensors += [alert_on_run_failure, build_check_failure_alert(streams)]
+        if spec.history is not None:
+            sensors.append(build_history_sensor(spec, rederive[keys.silver_key(spec).to_user_string()]))
+    jobs += list({j.name: j for j in rederive.values()}.values())
+    sensors += [build_dead_run_sensor(rederive), alert_on_run_failure, build_check_failure_alert(streams)]
     return dg.Definitions(
         assets=assets,
         jobs=[*jobs, erasure_job(streams)],

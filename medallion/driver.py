@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from assets.streams import STREAMS
+from sensors.dead_runs import owner_tags
 
 
 @dataclass
@@ -38,6 +39,16 @@ def _already_ran(instance: dg.DagsterInstance, sensor_name: str, run_key: str) -
     return bool(runs)
 
 
+def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, sensor: dg.SensorDefinition, req: dg.RunRequest):
+    """Run a sensor's request in this process, tagged like the daemon's launch (and with this process as owner)."""
+    tags = {**req.tags, "dagster/sensor_name": sensor.name, "dagster/run_key": req.run_key, **owner_tags()}
+    job = defs.resolve_job_def(req.job_name or sensor.job_name)
+    return job.execute_in_process(
+        run_config=req.run_config, instance=instance, tags=tags, partition_key=req.partition_key, raise_on_error=False,
+        asset_selection=list(req.asset_selection) if req.asset_selection is not None else None,
+    )  # fmt: skip
+
+
 def drive(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -55,25 +66,27 @@ def drive(
     deadline = time.monotonic() + timeout_s
     asset_job = defs.resolve_implicit_global_asset_job_def()
     partitions_of = {k: defs.resolve_assets_def(k).partitions_def for k in defs.resolve_asset_graph().materializable_asset_keys}
+    # Dead runs first (their partitions would look in progress), then each stream's Kafka sensor, then the
+    # history sensors (re-derivations a changed history calls for).
+    names = ["recover_dead_runs", *(f"kafka_{s.name}" for s in streams), *(f"history_{s.name}" for s in streams if s.history is not None)]
+    sensors = [defs.resolve_sensor_def(n) for n in names]
     while quiet < settle_ticks:
         if time.monotonic() > deadline:
             raise TimeoutError(f"pipeline did not settle within {timeout_s}s; last skip reasons: {log.skip_reasons[-3:]}")
         launched = 0
-        for spec in streams:
-            sensor = defs.resolve_sensor_def(f"kafka_{spec.name}")
+        for sensor in sensors:
             requests, cursors[sensor.name] = _sensor_requests(sensor, defs, instance, cursors.get(sensor.name), log)
             for req in requests:
                 if _already_ran(instance, sensor.name, req.run_key):
                     continue
-                job = defs.resolve_job_def(sensor.job_name)
-                tags = {**req.tags, "dagster/sensor_name": sensor.name, "dagster/run_key": req.run_key}
-                result = job.execute_in_process(
-                    run_config=req.run_config, instance=instance, tags=tags, partition_key=req.partition_key, raise_on_error=False
-                )
-                log.ingest_runs += 1
+                result = _execute(defs, instance, sensor, req)
+                if sensor.name.startswith("kafka_"):
+                    log.ingest_runs += 1
+                else:
+                    log.automation_runs += 1
                 launched += 1
                 if not result.success:
-                    log.failed_runs.append(f"{job.name} {result.run_id}")
+                    log.failed_runs.append(f"{sensor.name} {result.run_id}")
 
         evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
         automation_cursor = evaluation.cursor
@@ -89,7 +102,7 @@ def drive(
                 instance=instance,
                 partition_key=pk,
                 asset_selection=selection,
-                tags={"dagster/from_automation_condition": "true", "medallion/driver": "headless"},
+                tags={"dagster/from_automation_condition": "true", "medallion/driver": "headless", **owner_tags()},
                 raise_on_error=False,
             )
             log.automation_runs += 1

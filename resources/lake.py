@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import Field
 
 from resources.faults import failpoint
-from resources.locks import exclusive_lock, lock_abandoned
+from resources.locks import exclusive_lock
 from resources.settings import load_settings
 
 OFFSET_WIDTH = 15
@@ -135,6 +135,13 @@ class LakeResource(dg.ConfigurableResource):
         d = self.bronze_dir(stream) / partition_dirname(partition_key)
         return sorted(d.glob("p*.parquet")) if d.exists() else []
 
+    def bronze_partition_keys(self, stream: str) -> list[str]:
+        """Bronze partitions holding files (directory form, without the colon), oldest first."""
+        d = self.bronze_dir(stream)
+        if not d.exists():
+            return []
+        return sorted(p.name[3:] for p in d.iterdir() if p.name.startswith("pk=") and any(p.glob("p*.parquet")))
+
     def read_bronze(self, stream: str, partition_key: str, exclude: list[str] | None = None) -> pl.DataFrame | None:
         files = self.bronze_files(stream, partition_key)
         if not files:
@@ -225,14 +232,6 @@ class LakeResource(dg.ConfigurableResource):
     def stream_lock(self, stream: str, name: str = "ingest"):
         """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail."""
         return exclusive_lock(self.path / "_locks" / f"{stream}.{name}.lock")
-
-    def run_alive(self, run_id: str):
-        """Hold a lock named after the run while it works. The kernel drops it if the process dies; the file
-        stays behind, which is how `run_died` tells a killed run from one that is merely waiting."""
-        return exclusive_lock(self.path / "_locks" / "runs" / f"{run_id}.lock", remove_after=True)
-
-    def run_died(self, run_id: str) -> bool:
-        return lock_abandoned(self.path / "_locks" / "runs" / f"{run_id}.lock")
 
     def staging_dir(self, stream: str, run_id: str) -> Path:
         return self.bronze_dir(stream) / "_staging" / run_id

@@ -14,7 +14,7 @@ class LockBusy(RuntimeError):
 
 
 @contextmanager
-def exclusive_lock(path: Path, remove_after: bool = False, wait_s: float | None = None) -> Iterator[None]:
+def exclusive_lock(path: Path, wait_s: float | None = None) -> Iterator[None]:
     """An exclusive flock on `path`, waiting for it (at most `wait_s`, then LockBusy); released by the kernel
     if the process dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,21 +34,4 @@ def exclusive_lock(path: Path, remove_after: bool = False, wait_s: float | None 
         try:
             yield
         finally:
-            if remove_after:
-                path.unlink(missing_ok=True)
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def lock_abandoned(path: Path) -> bool:
-    """The lock file of `remove_after` holder exists but nobody holds it: its holder died."""
-    try:
-        f = open(path)
-    except FileNotFoundError:
-        return False  # never taken, or released cleanly
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # held: alive
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return path.exists()

@@ -16,6 +16,7 @@ from assets.spec import StreamSpec
 from resources.continuity import verify_log_continuity
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
 from resources.lake import LakeResource
+from sensors.dead_runs import reap
 
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -43,7 +44,7 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
         except KafkaUnavailableError as exc:
             return dg.SkipReason(f"Kafka unavailable, cursor unchanged: {exc}")
         committed = lake.committed_offsets(spec.name, parts)
-        active = _live_runs(context, job, lake, spec)
+        active = _live_runs(context, job, spec)
         try:
             verify_log_continuity(kafka, lake, spec.name, spec.topic)
             high = kafka.end_offsets(spec.topic, parts)
@@ -91,18 +92,15 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
     return kafka_sensor
 
 
-def _live_runs(context: dg.SensorEvaluationContext, job, lake: LakeResource, spec: StreamSpec) -> list:
-    """Ingest runs still in flight. A STARTED run whose process died (SIGKILL, OOM, host loss) would hold up
-    ingestion; its liveness lock was released by the kernel: mark such a run failed."""
+def _live_runs(context: dg.SensorEvaluationContext, job, spec: StreamSpec) -> list:
+    """Ingest runs still in flight. One whose process died (SIGKILL, OOM, host loss) would hold up ingestion:
+    it is marked failed here (its Bronze work is recovered by the next run, the rest by `recover_dead_runs`)."""
     runs = context.instance.get_runs(
         filters=dg.RunsFilter(job_name=job.name, statuses=ACTIVE, tags={"medallion/stream": spec.name}), limit=5
     )
     live = []
     for run in runs:
-        if run.status == dg.DagsterRunStatus.STARTED and lake.run_died(run.run_id):
-            context.instance.report_run_failed(
-                run, message=f"the run's process died while ingesting {spec.name}; its work is recovered by the next run"
-            )
+        if reap(context.instance, run):
             context.log.warning(f"marked dead ingest run {run.run_id} as failed")
             continue
         live.append(run)

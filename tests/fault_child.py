@@ -14,6 +14,7 @@ from medallion.definitions import build_definitions
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.warehouse import WarehouseResource
+from sensors.dead_runs import owner_tags
 
 
 def main(argv: list[str]) -> int:
@@ -28,13 +29,14 @@ def main(argv: list[str]) -> int:
     with dg.DagsterInstance.get() as instance:
         if what == "ingest":
             result = defs.resolve_job_def(f"ingest_{spec.name}").execute_in_process(
-                instance=instance, tags={"medallion/stream": spec.name}, raise_on_error=False,
+                instance=instance, tags={"medallion/stream": spec.name, **owner_tags()}, raise_on_error=False,
                 partition_key=spec.partitions.get_last_partition_key(),
             )
         else:
             keys, pk = rest
             result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-                instance=instance, partition_key=pk, asset_selection=[dg.AssetKey(k) for k in keys.split(",")], raise_on_error=False
+                instance=instance, partition_key=pk, asset_selection=[dg.AssetKey(k) for k in keys.split(",")], raise_on_error=False,
+                tags={"dagster/from_automation_condition": "true", **owner_tags()},
             )
     return 0 if result.success else 1
 

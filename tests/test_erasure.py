@@ -136,7 +136,7 @@ def _is_subject(layer: str, stream: str, df: pl.DataFrame) -> pl.Series:
     if layer == "bronze":
         hit = df[col] == ident
         return (hit | (df["kafka_key"] == ident)) if stream == "iot" else hit
-    if layer == "silver":
+    if layer in ("silver", "history"):
         return df["user_key" if stream == "ads" else "sensor_id"] == (pseudonym(USER) if stream == "ads" else SENSOR)
     if layer == "quarantine":
         return df[col] == (pseudonym(USER) if stream == "ads" else SENSOR)
@@ -148,6 +148,9 @@ def _is_subject(layer: str, stream: str, df: pl.DataFrame) -> pl.Series:
 
 
 def _layer_of(rel: Path) -> tuple[str, str]:
+    """(layer, stream); the history Silver hands on (`silver/<stream>/history/`) counts as its own layer."""
+    if rel.parts[0] == "silver" and rel.parts[2] == "history":
+        return "history", rel.parts[1]
     return rel.parts[0], rel.parts[1]
 
 
@@ -210,11 +213,12 @@ def test_erasure_removes_the_subject_everywhere_and_changes_nothing_else(platfor
     expected = {}
     for rel, df in before_frames.items():
         layer, stream = _layer_of(rel)
-        if layer in ("bronze", "dead_letter", "silver", "quarantine"):
+        if layer in ("bronze", "dead_letter", "silver", "quarantine", "history"):
             expected[(layer, stream)] = expected.get((layer, stream), 0) + int(_is_subject(layer, stream, df).sum())
     assert expected[("bronze", "iot")] == 41 and expected[("bronze", "ads")] == 15 + 3 + 1  # readings; impressions, clicks, negative click
     assert expected[("quarantine", "iot")] == 1 and expected[("quarantine", "ads")] == 1
     assert expected[("dead_letter", "iot")] == 3 and expected[("dead_letter", "ads")] == 2
+    assert expected[("history", "iot")] > 0 and expected[("history", "ads")] > 0  # the sensor's last readings, the user's impressions
 
     # IoT through the Dagster job (a filed request, as the UI launches it), ads through the CLI.
     request_id = submit_request(lake, Subject.parse(f"sensor:{SENSOR}"), "dpo@example.com")
@@ -250,7 +254,7 @@ def test_erasure_removes_the_subject_everywhere_and_changes_nothing_else(platfor
     assert USER not in done.stdout + done.stderr and pseudonym(USER) not in done.stdout
 
     for result, stream in ((by_job, "iot"), (by_cli, "ads")):
-        for layer in ("bronze", "dead_letter", "silver", "quarantine"):
+        for layer in ("bronze", "dead_letter", "silver", "quarantine", "history"):
             assert result["removed"][layer] == {stream: expected[(layer, stream)]}, (layer, result["removed"])
         assert result["total_removed"] == sum(n for t in result["removed"].values() for n in t.values())
     assert by_job["removed"]["gold"]["iot_sensor_5m"] == 2 * 12  # two hours of 5-minute windows

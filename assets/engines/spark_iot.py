@@ -37,7 +37,10 @@ def silver(spark, valid: pl.DataFrame, context: pl.DataFrame | None, ctx: Silver
         hist = _to_spark(spark, context)
         recent = Window.partitionBy("sensor_id").orderBy(F.desc("event_time"), F.desc("source_partition"), F.desc("source_offset"))
         hist = hist.withColumn("__r", F.row_number().over(recent)).filter(F.col("__r") <= ZSCORE_WINDOW)
-        allrows = hist.select(*[c for c in cur.columns if c != "__context"], F.lit(True).alias("__context")).unionByName(cur)
+        # The history holds the columns the z-score needs; the rest stay null (history rows are not published).
+        present = set(hist.columns)
+        padded = [F.col(c) if c in present else F.lit(None).cast(t).alias(c) for c, t in cur.dtypes if c != "__context"]
+        allrows = hist.select(*padded, F.lit(True).alias("__context")).unionByName(cur)
     order = [F.col("event_time"), F.desc("__context"), F.col("source_partition"), F.col("source_offset")]
     allrows = allrows.withColumn("__rn", F.row_number().over(Window.partitionBy("sensor_id", "event_time").orderBy(*order[1:]))).filter("__rn = 1")
     dup_sensor_time = cur.count() - allrows.filter(~F.col("__context")).count()

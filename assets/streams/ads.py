@@ -9,7 +9,7 @@ import os
 
 from assets.contracts import ads as contracts
 from assets.partitions import DAILY
-from assets.spec import FieldSpec, GoldTable, Rollup, StreamSpec, SubjectSpec
+from assets.spec import FieldSpec, GoldTable, History, Rollup, StreamSpec, SubjectSpec
 from assets.transforms import ads as transforms
 from medallion.simulator_ads import generate_ads
 
@@ -77,7 +77,7 @@ ADS = StreamSpec(
     row_contract=contracts.AdEvent,
     silver_contract=contracts.AdsSilver,
     silver_transform=transforms.silver,
-    context_partitions=1,
+    history=History(carry=transforms.history, lookback=transforms.ATTRIBUTION_WINDOW, columns=transforms.HISTORY_COLUMNS),
     max_failure_rate=float(os.environ.get("MEDALLION_ADS_MAX_FAILURE_RATE", "0.05")),
     pii_fields=("user_id",),
     subject=SubjectSpec(kind="user", field="user_id", silver_column="user_key"),

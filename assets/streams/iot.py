@@ -7,7 +7,7 @@ import os
 from assets.contracts import iot as contracts
 from assets.engines import spark_iot
 from assets.partitions import DAILY, HOURLY
-from assets.spec import FieldSpec, GoldTable, StreamSpec, SubjectSpec
+from assets.spec import FieldSpec, GoldTable, History, StreamSpec, SubjectSpec
 from assets.transforms import iot as transforms
 from medallion.bad_input import corpus
 from medallion.simulator import generate
@@ -34,7 +34,7 @@ IOT = StreamSpec(
     silver_contract=contracts.IotSilver,
     silver_transform=transforms.silver,
     spark_silver_transform=spark_iot.silver,
-    context_partitions=1,
+    history=History(carry=transforms.history, lookback=transforms.SILENT_SENSOR_FORGOTTEN_AFTER, columns=transforms.HISTORY_COLUMNS),
     simulator=generate,
     bad_input=corpus,
     max_failure_rate=float(os.environ.get("MEDALLION_IOT_MAX_FAILURE_RATE", "0.05")),

@@ -17,9 +17,21 @@ SILVER_COLUMNS = [
 ]  # fmt: skip
 
 
+# What each day hands to the next: the impressions a click or conversion after midnight may still credit.
+HISTORY_COLUMNS = ("event_id", "event_type", "user_key", "ad_id", "event_time")
+
+
+def history(previous: pl.DataFrame | None, silver_rows: pl.DataFrame, partition_end) -> pl.DataFrame:
+    """Impressions within the attribution window before `partition_end`."""
+    rows = silver_rows.filter(pl.col("event_type") == "impression").select(HISTORY_COLUMNS)
+    if previous is not None and previous.height:
+        rows = pl.concat([previous.select(HISTORY_COLUMNS).cast(rows.schema), rows])
+    return rows.filter(pl.col("event_time") >= partition_end - ATTRIBUTION_WINDOW).sort("event_time", "event_id")
+
+
 def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext) -> SilverOutput:
-    """`valid`: Bronze rows that passed the row contract. `context`: the previous day's Silver (impressions
-    that clicks just after midnight may credit)."""
+    """`valid`: Bronze rows that passed the row contract. `context`: the `history` before this day (the
+    impressions that clicks just after midnight may credit)."""
     if ctx.pii_key is None:
         raise ValueError("ads Silver needs the PII key (SilverContext.pii_key) to pseudonymise user_id")
     rows = valid  # deduplicated on event_id by the platform (`derive_silver`)

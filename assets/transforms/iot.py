@@ -22,6 +22,26 @@ SILVER_COLUMNS = [
 ]  # fmt: skip
 
 
+# What each hour hands to the next: every sensor's last readings, for the z-scores of the next hour's first
+# ones (a sensor sending fewer than 100 an hour reaches back through several hours). A sensor silent longer
+# than this starts a fresh history.
+HISTORY_COLUMNS = ("sensor_id", "event_time", "value", "source_partition", "source_offset")
+SILENT_SENSOR_FORGOTTEN_AFTER = timedelta(days=7)
+
+
+def history(previous: pl.DataFrame | None, silver_rows: pl.DataFrame, partition_end) -> pl.DataFrame:
+    """Each sensor's last `ZSCORE_WINDOW` readings up to `partition_end` (sorted by sensor and time)."""
+    rows = silver_rows.select(HISTORY_COLUMNS)
+    if previous is not None and previous.height:
+        rows = pl.concat([previous.select(HISTORY_COLUMNS).cast(rows.schema), rows])
+    return (
+        rows.sort("sensor_id", "event_time", "source_partition", "source_offset")
+        .group_by("sensor_id", maintain_order=True)
+        .tail(ZSCORE_WINDOW)
+        .filter(pl.col("event_time").max().over("sensor_id") >= partition_end - SILENT_SENSOR_FORGOTTEN_AFTER)
+    )
+
+
 def _band(i: int) -> pl.Expr:
     expr = pl.lit(None, pl.Float64)
     for t, band in EXPECTED_BAND.items():
@@ -30,7 +50,8 @@ def _band(i: int) -> pl.Expr:
 
 
 def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext) -> SilverOutput:
-    """`valid`: Bronze rows that passed the row contract. `context`: earlier Silver rows (z-score history)."""
+    """`valid`: Bronze rows that passed the row contract. `context`: the `history` before this partition
+    (each sensor's last readings)."""
     rows = valid  # deduplicated on event_id by the platform (`derive_silver`)
     rejected = valid.clear().with_columns(check=pl.lit(None, pl.String), reason=pl.lit(None, pl.String))
 
