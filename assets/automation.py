@@ -15,9 +15,14 @@ FOLLOW_PARENTS = (AC.eager().without(AC.in_latest_time_window()) & AC.all_deps_b
 # are in progress (it reads the versions they have published; their next update brings it back) and at
 # once when they are quiet. Hours that never received data are normal, so missing parents don't block, and
 # a new empty day is not a reason to run.
+# A parent's check being evaluated again (its run in progress) does not hold it back either: what the
+# parent has published passed its contract (write ▸ audit ▸ publish); a failed check still blocks.
+_PARENT_CHECKS_PASSED_OR_RUNNING = AC.all_deps_match(
+    AC.all_checks_match(AC.check_passed() | AC.will_be_requested() | AC.in_progress(), blocking_only=True)
+).with_label("all parents' blocking checks passed (or being evaluated again)")
 FOLLOW_PARENTS_ALLOW_GAPS = (
     AC.any_deps_updated().since_last_handled()
     & (~AC.any_deps_in_progress() | AC.cron_tick_passed("* * * * *").since_last_handled())
     & ~AC.in_progress()
-    & AC.all_deps_blocking_checks_passed()
+    & _PARENT_CHECKS_PASSED_OR_RUNNING
 ).with_label("follow parents (any partition, gaps allowed, at most once a minute while parents are in progress, checks passed)")

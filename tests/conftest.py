@@ -109,18 +109,44 @@ def shared_instance(tmp_path, monkeypatch):
         yield inst
 
 
-def run_child(spec, resources, broker, *args, failpoint=None, timeout=120):
-    """Run tests.fault_child in a subprocess; with a failpoint it is SIGKILLed there."""
+def _child_command(spec, resources, broker, args, failpoint=None, release=None):
     import os
-    import subprocess
     import sys
 
     env = {**os.environ}
     env.pop("MEDALLION_FAILPOINT", None)
     if failpoint:
         env["MEDALLION_FAILPOINT"] = failpoint
+    if release:
+        env["MEDALLION_FAILPOINT_RELEASE"] = str(release)
     cmd = [sys.executable, "-m", "tests.fault_child", spec.topic, resources["lake"].root, resources["warehouse"].chdb_path, broker, *args]
+    return cmd, env
+
+
+def run_child(spec, resources, broker, *args, failpoint=None, timeout=120):
+    """Run tests.fault_child in a subprocess; with a failpoint it is SIGKILLed there."""
+    import subprocess
+
+    cmd, env = _child_command(spec, resources, broker, args, failpoint)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_held_child(spec, resources, broker, *args, point: str, release: Path, timeout: float = 120):
+    """Start tests.fault_child and return it once it is held at failpoint `point` (see resources/faults.py);
+    creating the file `release` lets it go on."""
+    import subprocess
+    import time
+
+    cmd, env = _child_command(spec, resources, broker, args, f"{point}:hold", release)
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reached = Path(f"{release}.reached")
+    deadline = time.monotonic() + timeout
+    while not reached.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"child never reached {point}: {child.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    return child
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> ingest
 python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> assets <key,key> <partition>
+python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> backfill <start> <end>
 """
 
 import dataclasses
@@ -10,6 +11,7 @@ import sys
 import dagster as dg
 
 from assets.streams.iot import IOT
+from medallion.backfill import backfill
 from medallion.definitions import build_definitions
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
@@ -32,6 +34,9 @@ def main(argv: list[str]) -> int:
                 instance=instance, tags={"medallion/stream": spec.name, **owner_tags()}, raise_on_error=False,
                 partition_key=spec.partitions.get_last_partition_key(),
             )
+        elif what == "backfill":
+            start, end = rest
+            return 0 if all(r.success for r in backfill(defs, instance, start, end)) else 1
         else:
             keys, pk = rest
             result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
