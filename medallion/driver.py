@@ -59,9 +59,12 @@ def drive(
     """Tick sensors and automation until nothing is requested for `settle_ticks` rounds in a row."""
     log = DriveLog()
     cursors: dict[str, str | None] = {}
-    # The first evaluation only establishes the cursor (as the daemon's first tick does): updates that
-    # happen after it are what the conditions react to.
-    automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+    automation_cursor = _stored_cursor(instance)
+    if automation_cursor is None:
+        # The first evaluation only establishes the cursor (as the daemon's first tick does): updates that
+        # happen after it are what the conditions react to.
+        automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+        _store_cursor(instance, automation_cursor)
     quiet = 0
     deadline = time.monotonic() + timeout_s
     asset_job = defs.resolve_implicit_global_asset_job_def()
@@ -90,6 +93,7 @@ def drive(
 
         evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
         automation_cursor = evaluation.cursor
+        _store_cursor(instance, automation_cursor)
         # Like the daemon: one run per partition key, holding every asset requested for it (steps run in
         # dependency order, and a failed blocking check stops the steps below it).
         runs: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
@@ -111,6 +115,20 @@ def drive(
                 log.failed_runs.append(f"{[k.to_user_string() for k in selection]} {pk} {result.run_id}")
         quiet = quiet + 1 if launched == 0 else 0
     return log
+
+
+# Kept in the instance between runs of the driver, as the daemon keeps its own: updates made by a driver that
+# was killed (a Bronze partition ingested, an hour's Silver published) are still followed by the next one.
+CURSOR_KEY = "medallion/headless_automation_cursor"
+
+
+def _stored_cursor(instance: dg.DagsterInstance):
+    stored = instance.run_storage.get_cursor_values({CURSOR_KEY}).get(CURSOR_KEY)
+    return dg.deserialize_value(stored) if stored else None
+
+
+def _store_cursor(instance: dg.DagsterInstance, cursor) -> None:
+    instance.run_storage.set_cursor_values({CURSOR_KEY: dg.serialize_value(cursor)})
 
 
 def _grain_seconds(pdef) -> float:

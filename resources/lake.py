@@ -90,7 +90,11 @@ class LakeResource(dg.ConfigurableResource):
 
     def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict) -> Path:
         target = self.partition_file(layer, stream, table, partition_key)
-        atomic_write_parquet(target, df, before_replace=lambda: failpoint(f"publish.{layer}.before_replace"))
+        def before_replace():
+            failpoint(f"publish.{layer}.before_replace")
+            failpoint(f"publish.{layer}.{table}.before_replace")  # one table only, e.g. publish.gold.type_daily.before_replace
+
+        atomic_write_parquet(target, df, before_replace=before_replace)
         failpoint(f"publish.{layer}.before_manifest")
         manifest = {**manifest, "rows": df.height, "schema": {k: str(v) for k, v in df.schema.items()}}
         atomic_write_bytes(target.with_name("_manifest.json"), json.dumps(manifest, indent=1, default=str).encode())
