@@ -10,6 +10,14 @@ FOLLOW_PARENTS = (AC.eager().without(AC.in_latest_time_window()) & AC.all_deps_b
     "follow parents (any partition, checks passed)"
 )
 
+# A warehouse load rides in the same run as the Gold partition it loads when that one is requested: the
+# Gold step's blocking check still stops the load if it fails (Dagster skips the steps after a failed
+# blocking check), and the load does not wait a tick and a run of its own.
+FOLLOW_GOLD = (
+    AC.eager().without(AC.in_latest_time_window())
+    & AC.all_deps_match(AC.will_be_requested() | AC.all_checks_match(AC.check_passed(), blocking_only=True))
+).with_label("follow Gold (any partition, in Gold's run, checks passed)")
+
 # A daily rollup over hourly parents. While data flows one of its hours is nearly always being written, so it
 # cannot wait for none to be in progress (it would never run): it runs at most once a minute while parents
 # are in progress (it reads the versions they have published; their next update brings it back) and at

@@ -51,7 +51,9 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        deps=[keys.silver_key(spec)],
+        # A day's rollup reads the hours so far: the day's later hours do not exist yet (automation batches
+        # requests into backfills, which would otherwise refuse the dependency).
+        deps=[dg.AssetDep(keys.silver_key(spec), partition_mapping=None if same_grain else dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True))],
         partitions_def=table.partitions,
         automation_condition=FOLLOW_PARENTS if same_grain else FOLLOW_PARENTS_ALLOW_GAPS,
         check_specs=[contract_check_spec(key, f"pandera {table.contract.__name__}: all rows or nothing is published.")],

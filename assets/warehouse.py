@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 
 from assets import keys
-from assets.automation import FOLLOW_PARENTS
+from assets.automation import FOLLOW_GOLD
 from assets.partitions import window
 from assets.spec import GoldTable, StreamSpec
 from resources.lake import LakeResource
@@ -87,7 +87,7 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
         key=key,
         deps=[keys.gold_key(spec, table)],
         partitions_def=table.partitions,
-        automation_condition=FOLLOW_PARENTS,
+        automation_condition=FOLLOW_GOLD,
         group_name=keys.group(spec, "warehouse"),
         kinds={"clickhouse"},
         freshness_policy=table.freshness,

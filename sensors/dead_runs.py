@@ -21,6 +21,7 @@ import socket
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 
@@ -33,21 +34,34 @@ RECOVERS_TAG = "medallion/recovers"  # set on the runs that redo their work
 WILL_RETRY_TAG = "dagster/will_retry"  # Dagster's run-retry daemon reads it: we request the work ourselves
 
 JUDGED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-PID_SLACK_S = 2.0  # /proc's boot time is whole seconds
+REUSE_AFTER_S = 120.0
 RECOVERY_LOOKBACK = timedelta(hours=6)
 
 
-def process_started(pid: int) -> float | None:
-    """Start time (epoch seconds) of a live, non-zombie process; None if there is none."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc; None if there is none."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode("ascii", "replace")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
-    if fields[0] in ("Z", "X"):  # a zombie is dead, its parent has not reaped it yet
+    return fields[0], int(fields[19])
+
+
+def process_ticks(pid: int) -> int | None:
+    """Start of a live, non-zombie process in clock ticks since boot: with the boot id, it names the process
+    whatever the wall clock does (a VM's clock may be stepped)."""
+    stat = _stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):  # a zombie is dead, its parent has not reaped it yet
         return None
-    return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return stat[1]
+
+
+def process_started(pid: int) -> float | None:
+    """Start time of a live, non-zombie process on the wall clock (epoch seconds); None if there is none."""
+    ticks = process_ticks(pid)
+    return None if ticks is None else _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _boot_time() -> float:
@@ -58,26 +72,46 @@ def _boot_time() -> float:
     raise RuntimeError("/proc/stat has no btime")
 
 
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def owner_tags() -> dict[str, str]:
     """Tags for runs this process executes itself (`execute_in_process`), so a later process can tell
     whether they died with it."""
     pid = os.getpid()
-    return {OWNER_PID_TAG: str(pid), OWNER_HOST_TAG: socket.gethostname(), OWNER_STARTED_TAG: f"{process_started(pid) or 0:.2f}"}
+    return {
+        OWNER_PID_TAG: str(pid),
+        OWNER_HOST_TAG: socket.gethostname(),
+        OWNER_STARTED_TAG: f"{boot_id()}/{process_ticks(pid)}",
+    }
 
 
 @dataclass(frozen=True)
 class RunProcess:
     pid: int
-    started: float | None  # exact start time (owner tags), or None
-    reported_at: float | None  # when the engine reported the pid: the process started before that
+    identity: str | None  # "<boot id>/<start ticks>" of the process (owner tags), or None
+    reported_at: float | None  # when the engine reported the pid (wall clock): the process started before
 
     def alive(self) -> bool:
+        return self.why_dead() is None
+
+    def why_dead(self) -> str | None:
+        """None while the process lives; else why it is taken for dead."""
+        ticks = process_ticks(self.pid)
+        if ticks is None:
+            return f"no live process has pid {self.pid}"
+        if self.identity is not None and self.identity != f"{boot_id()}/{ticks}":
+            return f"pid {self.pid} now belongs to another process (or the host rebooted)"
+        # Only the wall clock relates a pid the engine reported to a process's start, and a VM's clock can be
+        # stepped: a process must have started well after the report to be taken for another one.
         started = process_started(self.pid)
-        if started is None:
-            return False
-        if self.started is not None:
-            return abs(started - self.started) <= PID_SLACK_S
-        return self.reported_at is None or started <= self.reported_at + PID_SLACK_S
+        if self.identity is None and self.reported_at is not None and started > self.reported_at + REUSE_AFTER_S:
+            return f"pid {self.pid} now belongs to a process started {started - self.reported_at:.0f} s after the run reported it"
+        return None
 
 
 def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess | None:
@@ -85,7 +119,7 @@ def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess 
     if OWNER_PID_TAG in run.tags:
         if run.tags.get(OWNER_HOST_TAG) != socket.gethostname():
             return None
-        return RunProcess(int(run.tags[OWNER_PID_TAG]), float(run.tags.get(OWNER_STARTED_TAG) or 0) or None, None)
+        return RunProcess(int(run.tags[OWNER_PID_TAG]), run.tags.get(OWNER_STARTED_TAG) or None, None)
     if not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
         return None  # run workers elsewhere (Kubernetes, ...): the launcher's health check covers them
     latest = None
@@ -97,27 +131,28 @@ def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess 
     return latest
 
 
-def is_dead(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess | None:
-    """The dead process of an unfinished run, or None (alive, finished, or not ours to judge)."""
+def why_dead(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
+    """Why an unfinished run's process is taken for dead, or None (alive, finished, or not ours to judge)."""
     if run.status not in JUDGED:
         return None
     proc = run_process(instance, run)
-    if proc is None or proc.alive():
+    reason = proc.why_dead() if proc is not None else None
+    if reason is None:
         return None
     # Read the status again: a run that just finished has released its process legitimately.
     current = instance.get_run_by_id(run.run_id)
-    return proc if current is not None and current.status in JUDGED else None
+    return reason if current is not None and current.status in JUDGED else None
 
 
 def reap(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     """Mark `run` failed if its process died. Returns whether it did."""
-    proc = is_dead(instance, run)
-    if proc is None:
+    reason = why_dead(instance, run)
+    if reason is None:
         return False
     instance.add_run_tags(run.run_id, {DIED_TAG: "true", WILL_RETRY_TAG: "false"})
     instance.report_run_failed(
         run,
-        message=f"The run's process (pid {proc.pid}) died without reporting an end (killed, out of memory, or its host "
+        message=f"The run's process died without reporting an end ({reason}: killed, out of memory, or its host "
         "restarted); marked failed by medallion. What it had not materialized is requested again by the "
         "`recover_dead_runs` sensor.",
     )

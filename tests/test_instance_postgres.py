@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import dagster as dg
 import psycopg2
@@ -23,6 +20,7 @@ import pytest
 from medallion.instance import PostgresUrlError, postgres_db
 from medallion.stack import prepare_dagster_home
 from resources.settings import load_settings
+from tests.dev_server import DevServer, free_port
 
 CLI = [sys.executable, "-m", "medallion.cli"]
 
@@ -74,12 +72,6 @@ def test_env_selects_postgres_instance_and_unset_returns_to_sqlite(postgres_url,
         assert instance.get_runs_count() == 0  # SQLite again, empty
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
@@ -97,37 +89,6 @@ SENSOR = """{ sensorOrError(sensorSelector: {repositoryLocationName: "medallion"
   sensorName: "kafka_iot"}) { ... on Sensor { sensorState { status ticks(limit: 200) { id }
   typeSpecificData { ... on SensorData { lastCursor } } } } } }"""
 EVENTS = """query($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events { __typename } } } }"""
-
-
-class DevServer:
-    """`medallion dev` (webserver + daemon + code server) in its own process group."""
-
-    def __init__(self, env: dict, port: int, log: Path):
-        self.port = port
-        self.proc = subprocess.Popen(
-            [*CLI, "dev", "--port", str(port), "--rate", "0"],
-            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "medallion dev exited"
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/server_info", timeout=2).read()
-                _graphql(self.port, SENSOR)
-                return
-            except Exception:
-                time.sleep(1)
-        raise TimeoutError("webserver did not come up")
-
-    def kill(self) -> None:
-        """SIGKILL, not a clean shutdown: state must already be in PostgreSQL."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(30)
 
 
 def _wait_for(fn, timeout: float, what: str):
@@ -148,17 +109,16 @@ def _successful_runs(port: int) -> list[str]:
 def test_dev_on_postgres_keeps_runs_events_and_cursors_across_restart(postgres_url, medallion_home, tmp_path):
     from assets.streams.iot import IOT
     from medallion.simulator import SimulatorConfig, produce
-    from resources.embedded_broker import running_broker, stop_broker
+    from resources.embedded_broker import running_broker
     from resources.kafka import KafkaResource
     from resources.lake import LakeResource
 
-    env = {**os.environ, "MEDALLION_POSTGRES_URL": postgres_url, "MEDALLION_HOME": str(medallion_home)}
-    env.pop("DAGSTER_HOME", None)
-    port = _free_port()
+    env = {"MEDALLION_POSTGRES_URL": postgres_url}
+    port = free_port()
     began = time.monotonic()
     settings = load_settings()
     log = tmp_path / "dev.log"
-    dev = DevServer(env, port, log)
+    dev = DevServer(medallion_home, port=port, env=env, log_path=log)
     try:
         dev.wait_ready()
         print(f"{time.monotonic() - began:.1f}s dev up")
@@ -175,7 +135,7 @@ def test_dev_on_postgres_keeps_runs_events_and_cursors_across_restart(postgres_u
 
         # Nothing of the instance is on local disk: it all lives in PostgreSQL.
         assert not (settings.dagster_home / "history" / "runs.db").exists()
-        dev = DevServer(env, port, log)
+        dev = DevServer(medallion_home, port=port, env=env, log_path=log)
         dev.wait_ready()
         print(f"{time.monotonic() - began:.1f}s dev up again")
         assert set(first) <= set(_successful_runs(port))
@@ -190,8 +150,7 @@ def test_dev_on_postgres_keeps_runs_events_and_cursors_across_restart(postgres_u
         assert lake.count_bronze("iot") + lake.count_dead_letter("iot") == 700
         assert sum(e.end - e.start for e in lake.ledger("iot")) == 700
     finally:
-        dev.kill()
-        stop_broker(settings.run_dir)
+        dev.stop()
 
 
 @pytest.mark.slow

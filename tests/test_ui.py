@@ -12,12 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,10 +23,11 @@ import pytest
 from assets import keys
 from assets.streams import STREAMS
 from assets.streams.iot import IOT
-from resources.embedded_broker import running_broker, stop_broker
+from resources.embedded_broker import running_broker
 from resources.kafka import KafkaResource
-from resources.settings import REPO_ROOT, load_settings
+from resources.settings import load_settings
 from tests.conftest import produce, reading
+from tests.dev_server import DevServer
 
 try:
     from playwright.sync_api import expect
@@ -56,97 +52,12 @@ CHROMIUM_ARGS = [
 SIMULATOR_RATE = 5  # events/s: data keeps flowing without the run queue drowning the backfill on 2 cores
 READINGS_PER_HOUR = 180
 HOURLY_CHAIN = ["silver_iot", "gold_iot_sensor_5m", "gold_iot_location_hourly", "warehouse_iot_sensor_5m", "warehouse_iot_location_hourly"]  # fmt: skip
-# Unset for the dev server, so it runs on the embedded defaults (Tansu, chDB, SQLite).
-EMBEDDED_OVERRIDES = ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_HOST", "MEDALLION_POSTGRES_URL", "DAGSTER_HOME", "MEDALLION_FAILPOINT")
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class GraphQLError(Exception):
-    pass
-
-
-class DevServer:
-    """`medallion dev` in its own process group (dagster dev, daemon, code servers, runs, simulator)."""
-
-    def __init__(self, home: Path):
-        self.home = home
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home.parent / "medallion-dev.log"
-        env = {k: v for k, v in os.environ.items() if k not in EMBEDDED_OVERRIDES}  # fmt: skip
-        env["MEDALLION_HOME"] = str(home)
-        medallion = Path(sys.executable).parent / "medallion"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [str(medallion), "dev", "--port", str(self.port), "--rate", str(SIMULATOR_RATE)],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def gql(self, query: str, variables: dict | None = None) -> dict:
-        req = urllib.request.Request(
-            f"{self.url}/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            body = json.load(resp)
-        if body.get("errors"):
-            raise GraphQLError(json.dumps(body["errors"])[:2000])
-        return body["data"]
-
-    def wait_until(self, what: str, probe, timeout_s: float, every_s: float = 2.0):
-        deadline = time.monotonic() + timeout_s
-        last_error = None
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"`medallion dev` exited with {self.proc.returncode} while waiting for {what}:\n{self.tail()}")
-            try:
-                value = probe()
-            except (urllib.error.URLError, ConnectionError, OSError, GraphQLError) as e:  # not up yet, still loading
-                value, last_error = None, e
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last error: {last_error}):\n{self.tail()}")  # fmt: skip
-            time.sleep(every_s)
-
-    def tail(self, n: int = 60) -> str:
-        self.log.flush()
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
-
-    def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL what is left; then the (detached) embedded broker."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # code servers, run workers that outlived the SIGTERM
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-        stop_broker(self.home / "run")
-        self.log.close()
 
 
 @pytest.fixture
 def dev_server(medallion_home):
-    server = DevServer(medallion_home)
+    server = DevServer(medallion_home, rate=SIMULATOR_RATE)
     try:
         yield server
     finally:
