@@ -24,7 +24,9 @@ FOLLOW_GOLD = (
 # once when they are quiet. Hours that never received data are normal, so missing parents don't block, and
 # a new empty day is not a reason to run.
 # A parent's check being evaluated again (its run in progress) does not hold it back either: what the
-# parent has published passed its contract (write ▸ audit ▸ publish); a failed check still blocks.
+# parent has published passed its contract (write ▸ audit ▸ publish). As with Dagster's own
+# all_deps_blocking_checks_passed(), one hour whose check failed does not stop the day: the rollup reads that
+# hour's last good version.
 _PARENT_CHECKS_PASSED_OR_RUNNING = AC.all_deps_match(
     AC.all_checks_match(AC.check_passed() | AC.will_be_requested() | AC.in_progress(), blocking_only=True)
 ).with_label("all parents' blocking checks passed (or being evaluated again)")

@@ -55,7 +55,7 @@ from pydantic import Field
 from assets import keys
 from assets.contracts.gate import apply_contract
 from assets.gold import gold_lock, gold_manifest, gold_source, silver_keys_for
-from assets.history import HISTORY_TABLE
+from assets.history import HISTORY_TABLE, histories_lock
 from assets.partitions import key_from_dirname, window
 from assets.silver import silver_lock
 from assets.spec import StreamSpec
@@ -295,12 +295,17 @@ def _plan_stream(plan: _Plan, spec: StreamSpec, m: _Match, locks: ExitStack, war
             touched_pks.add(path.parent.name)
     # The history each partition hands to the next (e.g. a sensor's last readings) holds the subject too;
     # histories are per subject, so nobody else's rows in it change.
+    # Any partition's history may carry the subject's rows (a sensor's last readings reach back for hours),
+    # so all of them are read, with no derivation running (it could carry rows on from a history read just
+    # before): by the subject column, and by lineage like Silver (a rotated PII key).
     tables = {"silver": ("silver", "silver"), "quarantine": ("quarantine", "silver")}
     if spec.history is not None and subj.column in spec.history.columns:
+        locks.enter_context(histories_lock(lake, spec, exclusive=True))
         tables["history"] = ("silver", HISTORY_TABLE)
         removed.setdefault("history", {})[name] = 0
-        history_files = sorted(lake.table_dir("silver", name, HISTORY_TABLE).glob("pk=*/data.parquet"))
-        touched_pks |= {Path(f).parent.name for f in _files_with(history_files, m.expr("silver"), [subj.column])}
+        for path in sorted(lake.table_dir("silver", name, HISTORY_TABLE).glob("pk=*/data.parquet")):
+            if m.mask("silver", pl.read_parquet(path)).any():
+                touched_pks.add(path.parent.name)
     partitions = sorted(_partition_key(spec, d) for d in touched_pks)
     for pk in partitions:
         locks.enter_context(silver_lock(lake, spec, pk))  # also held while a partition's history is written
@@ -311,7 +316,7 @@ def _plan_stream(plan: _Plan, spec: StreamSpec, m: _Match, locks: ExitStack, war
             if not path.exists():
                 continue
             rows = pl.read_parquet(path)
-            keep = rows.filter(~(m.mask(layer, rows) if layer != "history" else rows.select(m.expr("silver")).to_series()))
+            keep = rows.filter(~m.mask("silver" if layer == "history" else layer, rows))
             gone = rows.height - keep.height
             if not gone:
                 continue
@@ -468,6 +473,8 @@ def _plan_locks(lake: LakeResource, streams, state: dict, locks: ExitStack) -> N
     by_name = {s.name: s for s in streams}
     for n in sorted({f["stream"] for f in state["files"]} | {w["stream"] for w in state["warehouse"]}):
         locks.enter_context(lake.stream_lock(n))
+    for n in sorted({f["stream"] for f in state["files"] if f["layer"] == "history"}):
+        locks.enter_context(histories_lock(lake, by_name[n], exclusive=True))
     silver, gold = set(), set()
     for f in state["files"]:
         rel = Path(f["rel"])  # <layer>/<stream>/<table>/pk=<key>/<file>

@@ -45,15 +45,17 @@ def rederive_jobs(streams: tuple[StreamSpec, ...]) -> dict[str, dg.UnresolvedAss
     """One asset job per partitioning (hourly, daily) over every Silver, Gold and warehouse asset that uses it:
     what sensors target when they ask for derived partitions again (a job holds one partitioning only).
     Returns asset key (user string) -> job."""
-    by_grain: dict[str, list[dg.AssetKey]] = {}
+    by_partitioning: dict[dg.TimeWindowPartitionsDefinition, list[dg.AssetKey]] = {}
     for spec in streams:
-        by_grain.setdefault(spec.partitions.cron_schedule, []).append(keys.silver_key(spec))
+        by_partitioning.setdefault(spec.partitions, []).append(keys.silver_key(spec))
         for table in spec.gold:
-            by_grain.setdefault(table.partitions.cron_schedule, []).extend([keys.gold_key(spec, table), keys.warehouse_key(spec, table)])
-    out = {}
-    for cron, asset_keys in by_grain.items():
-        name = f"rederive_{GRAIN_NAMES.get(cron, 'partitions_' + str(len(out)))}"
-        job = dg.define_asset_job(name, selection=dg.AssetSelection.assets(*asset_keys), description=f"Silver, Gold and warehouse assets partitioned {cron!r}: re-derived from the lake on request.")
+            by_partitioning.setdefault(table.partitions, []).extend([keys.gold_key(spec, table), keys.warehouse_key(spec, table)])
+    out, names = {}, set()
+    for n, (partitions, asset_keys) in enumerate(by_partitioning.items()):
+        name = f"rederive_{GRAIN_NAMES.get(partitions.cron_schedule, 'partitions')}"
+        name = name if name not in names else f"{name}_{n}"
+        names.add(name)
+        job = dg.define_asset_job(name, selection=dg.AssetSelection.assets(*asset_keys), description=f"Silver, Gold and warehouse assets partitioned {partitions.cron_schedule!r}: re-derived from the lake on request.")
         out.update({k.to_user_string(): job for k in asset_keys})
     return out
 

@@ -40,6 +40,13 @@ def frame_hash(df: pl.DataFrame | None, ignore: tuple[str, ...] = ()) -> str:
     return digest.hexdigest()[:32]
 
 
+def histories_lock(lake: LakeResource, spec: StreamSpec, exclusive: bool = False):
+    """Held shared by every Silver derivation (it reads one partition's history and writes another's), and
+    exclusively by an erasure, which rewrites histories anywhere: a derivation can never carry an erased
+    subject's rows on from a history it read just before."""
+    return lake.stream_lock(spec.name, "histories", shared=not exclusive)
+
+
 def history_keys(spec: StreamSpec, lake: LakeResource) -> list[str]:
     """Partition keys with a stored history, oldest first."""
     return [key_from_dirname(spec.partitions, d) for d in lake.published_keys("silver", spec.name, HISTORY_TABLE)]
@@ -57,13 +64,17 @@ def history_before(spec: StreamSpec, lake: LakeResource, partition_key: str) -> 
     return None, None
 
 
-def next_with_data(spec: StreamSpec, lake: LakeResource, partition_key: str) -> str | None:
-    """The first partition after `partition_key`, within the lookback, holding Bronze or Silver."""
+def later_with_data(spec: StreamSpec, lake: LakeResource, partition_key: str) -> list[str]:
+    """The partitions after `partition_key`, within the lookback, holding Bronze or Silver; oldest first."""
     _, end = window(spec.partitions, partition_key)
     limit = end + spec.history.lookback
     candidates = set(lake.bronze_partition_keys(spec.name)) | set(lake.published_keys("silver", spec.name, "silver"))
     later = sorted(k for k in (key_from_dirname(spec.partitions, d) for d in candidates) if k > partition_key)
-    return later[0] if later and window(spec.partitions, later[0])[0] < limit else None
+    return [k for k in later if window(spec.partitions, k)[0] < limit]
+
+
+def has_history(spec: StreamSpec, lake: LakeResource, partition_key: str) -> bool:
+    return lake.partition_file("silver", spec.name, HISTORY_TABLE, partition_key).exists()
 
 
 def latest_observation(instance: dg.DagsterInstance, spec: StreamSpec, partition_key: str) -> dict | None:

@@ -1,6 +1,7 @@
 """Silver: typed, validated, deduplicated, enriched. Re-derived from Bronze only (never from Kafka)."""
 
 
+import contextlib
 import functools
 from datetime import datetime, timezone
 
@@ -13,7 +14,7 @@ from assets.bronze import empty_bronze
 from assets.contracts.gate import apply_contract
 from assets.history import (
     CONTENT_HASH, CONTEXT_HASH, CONTEXT_PARTITION, HISTORY_CHANGED, HISTORY_HASH, HISTORY_TABLE,
-    frame_hash, history_before, latest_materialization, latest_observation,
+    frame_hash, histories_lock, history_before, latest_materialization, latest_observation,
 )  # fmt: skip
 from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, sample_markdown
@@ -68,7 +69,10 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
     )
     def silver(context: dg.AssetExecutionContext, config: SilverConfig, lake: LakeResource, spark: SparkEngine):
         pk = context.partition_key
-        with silver_lock(lake, spec, pk):
+        with contextlib.ExitStack() as held:
+            if spec.history is not None:
+                held.enter_context(histories_lock(lake, spec))
+            held.enter_context(silver_lock(lake, spec, pk))
             # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it
             # only for the rows set aside.
             bronze = lake.read_bronze(spec.name, pk, exclude=["payload"])

@@ -58,13 +58,12 @@ def drive(
 ) -> DriveLog:
     """Tick sensors and automation until nothing is requested for `settle_ticks` rounds in a row."""
     log = DriveLog()
-    cursors: dict[str, str | None] = {}
-    automation_cursor = _stored_cursor(instance)
+    automation_cursor = _stored_cursor(instance, CURSOR_KEY)
     if automation_cursor is None:
         # The first evaluation only establishes the cursor (as the daemon's first tick does): updates that
         # happen after it are what the conditions react to.
         automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
-        _store_cursor(instance, automation_cursor)
+        _store_cursor(instance, CURSOR_KEY, automation_cursor)
     quiet = 0
     deadline = time.monotonic() + timeout_s
     asset_job = defs.resolve_implicit_global_asset_job_def()
@@ -73,12 +72,19 @@ def drive(
     # history sensors (re-derivations a changed history calls for).
     names = ["recover_dead_runs", *(f"kafka_{s.name}" for s in streams), *(f"history_{s.name}" for s in streams if s.history is not None)]
     sensors = [defs.resolve_sensor_def(n) for n in names]
+    stored = instance.run_storage.get_cursor_values({_sensor_key(s.name) for s in sensors})
+    cursors = {s.name: stored.get(_sensor_key(s.name)) or None for s in sensors}
     while quiet < settle_ticks:
         if time.monotonic() > deadline:
             raise TimeoutError(f"pipeline did not settle within {timeout_s}s; last skip reasons: {log.skip_reasons[-3:]}")
         launched = 0
+        moved = False  # a sensor that read on (a cursor that moved) may have more to read
         for sensor in sensors:
-            requests, cursors[sensor.name] = _sensor_requests(sensor, defs, instance, cursors.get(sensor.name), log)
+            requests, cursor = _sensor_requests(sensor, defs, instance, cursors.get(sensor.name), log)
+            if cursor != cursors.get(sensor.name):
+                moved = True
+                cursors[sensor.name] = cursor
+                instance.run_storage.set_cursor_values({_sensor_key(sensor.name): cursor or ""})
             for req in requests:
                 if _already_ran(instance, sensor.name, req.run_key):
                     continue
@@ -93,7 +99,7 @@ def drive(
 
         evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
         automation_cursor = evaluation.cursor
-        _store_cursor(instance, automation_cursor)
+        _store_cursor(instance, CURSOR_KEY, automation_cursor)
         # Like the daemon: one run per partition key, holding every asset requested for it (steps run in
         # dependency order, and a failed blocking check stops the steps below it).
         runs: dict[tuple, list[dg.AssetKey]] = defaultdict(list)
@@ -113,22 +119,27 @@ def drive(
             launched += 1
             if not result.success:
                 log.failed_runs.append(f"{[k.to_user_string() for k in selection]} {pk} {result.run_id}")
-        quiet = quiet + 1 if launched == 0 else 0
+        quiet = quiet + 1 if launched == 0 and not moved else 0
     return log
 
 
-# Kept in the instance between runs of the driver, as the daemon keeps its own: updates made by a driver that
-# was killed (a Bronze partition ingested, an hour's Silver published) are still followed by the next one.
+# Cursors are kept in the instance between runs of the driver, as the daemon keeps its own: updates made by
+# a driver that was killed (a Bronze partition ingested, an hour's Silver published) are still followed by
+# the next one, and a sensor reading an event log resumes where it stopped.
 CURSOR_KEY = "medallion/headless_automation_cursor"
 
 
-def _stored_cursor(instance: dg.DagsterInstance):
-    stored = instance.run_storage.get_cursor_values({CURSOR_KEY}).get(CURSOR_KEY)
+def _sensor_key(name: str) -> str:
+    return f"medallion/headless_sensor_cursor/{name}"
+
+
+def _stored_cursor(instance: dg.DagsterInstance, key: str):
+    stored = instance.run_storage.get_cursor_values({key}).get(key)
     return dg.deserialize_value(stored) if stored else None
 
 
-def _store_cursor(instance: dg.DagsterInstance, cursor) -> None:
-    instance.run_storage.set_cursor_values({CURSOR_KEY: dg.serialize_value(cursor)})
+def _store_cursor(instance: dg.DagsterInstance, key: str, cursor) -> None:
+    instance.run_storage.set_cursor_values({key: dg.serialize_value(cursor)})
 
 
 def _grain_seconds(pdef) -> float:

@@ -26,6 +26,8 @@ def failpoint(name: str) -> None:
     if point == name:
         os.kill(os.getpid(), signal.SIGKILL)
     elif point == f"{name}:hold":
+        if not os.environ.get(RELEASE_ENV):
+            raise RuntimeError(f"{ENV}={point} needs {RELEASE_ENV}=<file>: the process goes on once that file exists")
         release = Path(os.environ[RELEASE_ENV])
         Path(f"{release}.reached").write_text(str(os.getpid()))
         deadline = time.monotonic() + HOLD_LIMIT_S

@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import Field
 
 from resources.faults import failpoint
-from resources.locks import exclusive_lock
+from resources.locks import exclusive_lock, shared_lock
 from resources.settings import load_settings
 
 OFFSET_WIDTH = 15
@@ -233,9 +233,11 @@ class LakeResource(dg.ConfigurableResource):
                 continue
         return out
 
-    def stream_lock(self, stream: str, name: str = "ingest"):
-        """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail."""
-        return exclusive_lock(self.path / "_locks" / f"{stream}.{name}.lock")
+    def stream_lock(self, stream: str, name: str = "ingest", shared: bool = False):
+        """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail.
+        `shared`: many holders at once, none while an exclusive holder works (e.g. derivations vs an erasure)."""
+        path = self.path / "_locks" / f"{stream}.{name}.lock"
+        return shared_lock(path) if shared else exclusive_lock(path)
 
     def staging_dir(self, stream: str, run_id: str) -> Path:
         return self.bronze_dir(stream) / "_staging" / run_id

@@ -35,3 +35,15 @@ def exclusive_lock(path: Path, wait_s: float | None = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def shared_lock(path: Path) -> Iterator[None]:
+    """A shared flock on `path`: any number of holders at once, none while someone holds it exclusively."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -8,10 +8,12 @@ dev`, a host restart), nor a run executed in a process of ours (`medallion run`,
 the DefaultRunLauncher has no worker health check for run monitoring.
 
 A run's process is known from its event log (the engine reports the pid that executes its steps) and, for
-runs we execute in process, from the owner tags (`owner_tags()`: pid, host, process start time). It is dead
-when no process with that pid exists on this host, it is a zombie, or the pid was reused by a process that
-started later. Runs on another host are never judged (run monitoring and the launcher's own health check
-cover other launchers, e.g. Kubernetes).
+runs we execute in process, from the owner tags (`owner_tags()`: pid, host and pid namespace, boot id and
+start ticks). It is dead when no process with that pid exists, it is a zombie, or the pid now belongs to
+another process. Runs of another host or container are never judged; neither are runs of launchers other
+than the DefaultRunLauncher (Kubernetes, ...: run monitoring uses their own health checks). The
+DefaultRunLauncher runs workers on the code server's host, so one instance shared by several hosts that
+each launch runs with it is not supported (Dagster's own assumption for that launcher).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ OWNER_HOST_TAG = "medallion/host"
 OWNER_STARTED_TAG = "medallion/pid_started"
 DIED_TAG = "medallion/died"  # set on runs this module marked failed
 RECOVERS_TAG = "medallion/recovers"  # set on the runs that redo their work
-WILL_RETRY_TAG = "dagster/will_retry"  # Dagster's run-retry daemon reads it: we request the work ourselves
+RECOVERY_TAG = "medallion/recovery"  # set on a dead run whose work needed no run
+MAX_RETRIES_TAG = "dagster/max_retries"  # 0 on a run marked dead: we request its work ourselves, Dagster must not retry it too
 
 JUDGED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 REUSE_AFTER_S = 120.0
@@ -79,13 +82,22 @@ def boot_id() -> str:
         return ""
 
 
+def pid_namespace() -> str | None:
+    """Which pids this process sees (containers on one host share a hostname only by accident); None where
+    there is no /proc (then no run is judged: better never than wrongly)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def owner_tags() -> dict[str, str]:
     """Tags for runs this process executes itself (`execute_in_process`), so a later process can tell
     whether they died with it."""
     pid = os.getpid()
     return {
         OWNER_PID_TAG: str(pid),
-        OWNER_HOST_TAG: socket.gethostname(),
+        OWNER_HOST_TAG: f"{socket.gethostname()}/{pid_namespace()}",
         OWNER_STARTED_TAG: f"{boot_id()}/{process_ticks(pid)}",
     }
 
@@ -115,13 +127,20 @@ class RunProcess:
 
 
 def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess | None:
-    """The process executing `run`, if it runs (or ran) on this host; None if that cannot be known here."""
+    """The process executing `run`, if it runs (or ran) where this process can see it; None if that cannot be
+    known here."""
+    namespace = pid_namespace()
+    if namespace is None:
+        return None
     if OWNER_PID_TAG in run.tags:
-        if run.tags.get(OWNER_HOST_TAG) != socket.gethostname():
+        if run.tags.get(OWNER_HOST_TAG) != f"{socket.gethostname()}/{namespace}":
             return None
         return RunProcess(int(run.tags[OWNER_PID_TAG]), run.tags.get(OWNER_STARTED_TAG) or None, None)
+    # The DefaultRunLauncher starts run workers as children of the code server, which also evaluates this
+    # sensor: they share its pids. Other launchers run workers elsewhere (Kubernetes, ...): their own health
+    # check covers them.
     if not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
-        return None  # run workers elsewhere (Kubernetes, ...): the launcher's health check covers them
+        return None
     latest = None
     for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         data = entry.dagster_event.engine_event_data if entry.dagster_event else None
@@ -149,7 +168,7 @@ def reap(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
     reason = why_dead(instance, run)
     if reason is None:
         return False
-    instance.add_run_tags(run.run_id, {DIED_TAG: "true", WILL_RETRY_TAG: "false"})
+    instance.add_run_tags(run.run_id, {DIED_TAG: "true", MAX_RETRIES_TAG: "0"})
     instance.report_run_failed(
         run,
         message=f"The run's process died without reporting an end ({reason}: killed, out of memory, or its host "
@@ -223,8 +242,12 @@ def build_dead_run_sensor(jobs: dict[str, dg.UnresolvedAssetJobDefinition]) -> d
         )
         requests = []
         for run in instance.get_runs(filters=recent, limit=100):
-            if not instance.get_runs(filters=dg.RunsFilter(tags={RECOVERS_TAG: run.run_id}), limit=1):
-                requests += recovery_requests(instance, run, job_names)
+            if run.tags.get(RECOVERY_TAG) or instance.get_runs(filters=dg.RunsFilter(tags={RECOVERS_TAG: run.run_id}), limit=1):
+                continue
+            redo = recovery_requests(instance, run, job_names)
+            if not redo:  # e.g. died with only Bronze left, which the Kafka sensor resumes: not looked at again
+                instance.add_run_tags(run.run_id, {RECOVERY_TAG: "nothing left to redo"})
+            requests += redo
         if not requests:
             reason = f"marked {len(reaped)} dead run(s) failed; nothing left to redo" if reaped else "no dead runs"
             return dg.SkipReason(reason)

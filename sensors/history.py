@@ -12,7 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import keys
-from assets.history import CONTEXT_HASH, CONTEXT_PARTITION, HISTORY_CHANGED, HISTORY_HASH, latest_observation, next_with_data
+from assets.history import CONTEXT_HASH, CONTEXT_PARTITION, HISTORY_CHANGED, HISTORY_HASH, has_history, later_with_data, latest_observation
 from assets.spec import StreamSpec
 from resources.lake import LakeResource
 
@@ -37,23 +37,27 @@ def build_history_sensor(spec: StreamSpec, job) -> dg.SensorDefinition:
         result = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=silver, after_storage_id=after), limit=BATCH, ascending=True)
         wanted: dict[str, tuple[str, str]] = {}  # partition -> (history it must start from, why)
         for record in result.records:
+            after = record.storage_id
             pk = record.partition_key
             meta = {k: v.value for k, v in record.asset_observation.metadata.items()}
+            latest = latest_observation(instance, spec, pk)
+            if latest is None or any(latest.get(k) != meta.get(k) for k in (CONTEXT_HASH, HISTORY_HASH)):
+                continue  # derived again since: that derivation's own observation is the one to follow
             started_from = meta.get(CONTEXT_PARTITION)
             if started_from not in (None, "-"):
                 current = latest_observation(instance, spec, started_from)
                 if current is not None and current.get(HISTORY_HASH) != meta.get(CONTEXT_HASH):
                     wanted[pk] = (current[HISTORY_HASH], f"derived from a history of {started_from} since replaced")
             if meta.get(HISTORY_CHANGED):
-                latest = latest_observation(instance, spec, pk)
-                if latest is None or latest.get(HISTORY_HASH) != meta.get(HISTORY_HASH):
-                    continue  # re-derived again since: its own observation follows
-                nxt = next_with_data(spec, lake, pk)
-                follower = latest_observation(instance, spec, nxt) if nxt else None
-                # A partition never derived reads the current history when it is; one derived from it is current.
-                if follower is not None and follower.get(CONTEXT_HASH) != meta[HISTORY_HASH]:
-                    wanted[nxt] = (meta[HISTORY_HASH], f"the history handed on by {pk} changed")
-            after = record.storage_id
+                # Every later partition that starts from this history: up to the first with a history of its own
+                # (one whose Silver failed its contract, or was never derived, hands this one on).
+                for nxt in later_with_data(spec, lake, pk):
+                    follower = latest_observation(instance, spec, nxt)
+                    # Never derived: it reads the current history when it is. Derived from this one: current.
+                    if follower is not None and follower.get(CONTEXT_HASH) != meta[HISTORY_HASH]:
+                        wanted[nxt] = (meta[HISTORY_HASH], f"the history handed on by {pk} changed")
+                    if has_history(spec, lake, nxt):
+                        break
         if after is not None:
             context.update_cursor(str(after))
         if not wanted:

@@ -100,10 +100,11 @@ def produce(kafka: KafkaResource, topic: str, records: list, key_field: str = "s
 
 @pytest.fixture
 def shared_instance(tmp_path, monkeypatch):
-    """An instance on disk (SQLite under DAGSTER_HOME) that child processes share with the test."""
+    """An instance on disk (SQLite under DAGSTER_HOME) that child processes share with the test; run retries
+    on, as in the repo's dagster.yaml."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nrun_retries:\n  enabled: true\n  max_retries: 2\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as inst:
         yield inst

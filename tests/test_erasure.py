@@ -441,4 +441,6 @@ def test_a_crash_at_any_point_of_an_erasure_is_finished_by_the_next_one(platform
     removed = json.loads(rotated.stdout.strip().splitlines()[-1])["removed"]
     assert (removed["bronze"], removed["silver"], removed["quarantine"], removed["dead_letter"]) == ({"ads": 19}, {"ads": 18}, {"ads": 1}, {"ads": 2})
     assert pseudonym(USER) not in lake.read("silver", "ads", "silver", DAYS)["user_key"].to_list()
+    assert removed["history"]["ads"] > 0  # the impressions the user's day handed on, also found by lineage
+    assert pseudonym(USER) not in lake.read("silver", "ads", "history", DAYS)["user_key"].to_list()
     assert platform_summary((iot, ads), lake, wh, kafka, instance)["reconciled"]

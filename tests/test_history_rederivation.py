@@ -169,3 +169,29 @@ def test_a_late_impression_yesterday_credits_the_click_after_midnight(kafka, res
     assert day2["attributed_impression_id"].to_list() == ["i-late"]
     gold = lake.read("gold", spec.name, "campaign_daily", ["2026-11-21"])
     assert gold["attributed_clicks"].to_list() == [1]
+
+
+def test_a_history_change_reaches_past_an_hour_that_failed_its_contract(spec, resources, instance, kafka):
+    """H1 fails its contract (never published, no history of its own): H2 started from H0's history, so a
+    change to H0's history re-derives H2."""
+    lake = resources["lake"]
+    defs = definitions(spec, resources)
+    rng = random.Random(9)
+    h0, h1, h2 = HOURS[:3]
+    good = [reading(f"a{i}", "dense-0", h0 + timedelta(seconds=10 * i + 3), round(rng.gauss(21, 1.5), 3)) for i in range(360)]
+    good += [reading(f"c{i}", "dense-0", h2 + timedelta(seconds=10 * i + 3), round(rng.gauss(21, 1.5), 3)) for i in range(360)]
+    bad = [reading(f"b{i}", "dense-0", h1 + timedelta(seconds=60 * i), 500.0) for i in range(30)]  # outside the physical range
+    produce(kafka, spec.topic, good + bad)
+    drive(defs, instance, (spec,), timeout_s=300)  # H1's check fails: that run is expected to fail
+    keys = partition_keys()
+    assert lake.read("silver", spec.name, "silver", [keys[1]]) is None and lake.read("silver", spec.name, "history", [keys[1]]) is None
+
+    produce(kafka, spec.topic, [reading("late-a", "dense-0", h0 + timedelta(minutes=59, seconds=58), 80.0)])
+    drive(defs, instance, (spec,), timeout_s=300)
+    silver = lake.read("silver", spec.name, "silver", [keys[0], keys[2]])
+    bronze = pl.concat([lake.read_bronze(spec.name, keys[0]), lake.read_bronze(spec.name, keys[2])])
+    both = silver.join(reference_silver(bronze), on="event_id")
+    assert both.height == 721
+    assert both.filter((pl.col("z_score") - pl.col("ref_z")).abs() > 1e-9).height == 0
+    first_of_h2 = both.filter(pl.col("event_id") == "c0")
+    assert first_of_h2["z_score"][0] == pytest.approx(first_of_h2["ref_z"][0], rel=1e-12)  # it sees the late reading

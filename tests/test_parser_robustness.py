@@ -233,3 +233,17 @@ def test_thousands_of_mutants_reach_silver_or_quarantine_or_dead_letter(seed):
     out = derive_silver(IOT, verdict.passed, None, ctx)
     assert out.rows.height + out.rejected.height + out.duplicates_dropped == verdict.passed.height
     assert apply_contract(out.rows, IOT.silver_contract).ok
+
+
+def test_integers_longer_than_python_converts_are_field_issues_not_invalid_json():
+    """Python refuses to convert integer literals over 4,300 digits; JSON has no such limit."""
+    huge = "1" + "0" * 5000
+    typed = json.dumps(GOOD).replace("21.5", huge).encode()
+    extra = json.dumps({**GOOD, "firmware": 0}).replace('"firmware": 0', f'"firmware": {huge}').encode()
+    stamp = json.dumps({**GOOD, "ts": 0}).replace('"ts": 0', f'"ts": {huge}').encode()
+    out = parse_messages([msg(typed, offset=0), msg(extra, offset=1), msg(stamp, offset=2)], RULES, NOW)
+    rows = {r["kafka_offset"]: r for r in out.bronze.iter_rows(named=True)}
+    assert "integer too large for a 64-bit float (5001 digits)" in rows[0]["parse_issues"]
+    assert rows[1]["parse_issues"] is None and rows[1]["value"] == 21.5  # an extra field: kept in the payload
+    [dead] = out.dead_letter.iter_rows(named=True)
+    assert dead["kafka_offset"] == 2 and dead["error_class"] == "bad_event_time" and "5001 digits" in dead["error"]

@@ -18,7 +18,7 @@ SILVER_COLUMNS = [
 
 
 # What each day hands to the next: the impressions a click or conversion after midnight may still credit.
-HISTORY_COLUMNS = ("event_id", "event_type", "user_key", "ad_id", "event_time")
+HISTORY_COLUMNS = ("event_id", "event_type", "user_key", "ad_id", "event_time", "source_topic", "source_partition", "source_offset")
 
 
 def history(previous: pl.DataFrame | None, silver_rows: pl.DataFrame, partition_end) -> pl.DataFrame:

@@ -46,6 +46,8 @@ def parse_event_time(raw) -> datetime:
     """ISO-8601 with an offset, or epoch milliseconds. Raises ValueError with the reason."""
     if isinstance(raw, bool) or raw is None:
         raise ValueError(f"timestamp must be ISO-8601 text or epoch milliseconds, got {json.dumps(raw)}")
+    if isinstance(raw, _HugeInt):
+        raise ValueError(f"epoch milliseconds of {raw.digits} digits out of range")
     if isinstance(raw, (int, float)):
         if not math.isfinite(raw):
             raise ValueError("timestamp is not finite")
@@ -64,11 +66,29 @@ def parse_event_time(raw) -> datetime:
     raise ValueError(f"timestamp must be ISO-8601 text or epoch milliseconds, got {type(raw).__name__}")
 
 
-_TYPE_NAMES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array", dict: "object"}
+class _HugeInt:
+    """An integer literal longer than Python converts (4,300 digits): JSON has no size limit."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _parse_int(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return _HugeInt(len(text.lstrip("-")))
+
+
+_TYPE_NAMES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array", dict: "object", _HugeInt: "number"}
 
 
 def _typed(value, kind: str):
     """(typed value, issue or None)."""
+    if isinstance(value, _HugeInt):
+        if kind == "number":
+            return None, f"is an integer too large for a 64-bit float ({value.digits} digits)"
+        return None, "must be a string, got number"
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None, f"must be a number, got {_TYPE_NAMES.get(type(value), 'null' if value is None else type(value).__name__)}"
@@ -426,7 +446,7 @@ def _reference_row(coords: tuple, raw, rules: BronzeRules, now: datetime) -> dic
 
 
 _MISSING = object()
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
 _SCAN = _DECODER.scan_once
 
 

@@ -25,7 +25,7 @@ SILVER_COLUMNS = [
 # What each hour hands to the next: every sensor's last readings, for the z-scores of the next hour's first
 # ones (a sensor sending fewer than 100 an hour reaches back through several hours). A sensor silent longer
 # than this starts a fresh history.
-HISTORY_COLUMNS = ("sensor_id", "event_time", "value", "source_partition", "source_offset")
+HISTORY_COLUMNS = ("sensor_id", "event_time", "value", "source_topic", "source_partition", "source_offset")
 SILENT_SENSOR_FORGOTTEN_AFTER = timedelta(days=7)
 
 
