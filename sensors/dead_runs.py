@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -38,6 +39,8 @@ MAX_RETRIES_TAG = "dagster/max_retries"  # 0 on a run marked dead: we request it
 
 JUDGED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 REUSE_AFTER_S = 120.0
+NEVER_STARTED_AFTER_S = 30.0  # a run worker reports its pid a few seconds after launch, ~12 s seen under load
+PID_SLACK_S = 2.0
 RECOVERY_LOOKBACK = timedelta(hours=6)
 
 
@@ -150,12 +153,25 @@ def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProcess 
     return latest
 
 
+def _never_started(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
+    """A run the DefaultRunLauncher handed to a code server that died before its worker reported a pid (a
+    killed `dagster dev`): STARTING, with no process, launched before this code server existed and long
+    enough ago that a worker orphaned by it would have reported its pid."""
+    if run.status != dg.DagsterRunStatus.STARTING or OWNER_PID_TAG in run.tags or not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
+        return None
+    launched = [e.timestamp for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.PIPELINE_STARTING)]
+    ours = process_started(os.getpid())
+    if not launched or ours is None or launched[-1] > ours - PID_SLACK_S or time.time() - launched[-1] < NEVER_STARTED_AFTER_S:
+        return None
+    return f"it was handed to a code server that is gone and no worker reported a process in {time.time() - launched[-1]:.0f} s"
+
+
 def why_dead(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
     """Why an unfinished run's process is taken for dead, or None (alive, finished, or not ours to judge)."""
     if run.status not in JUDGED:
         return None
     proc = run_process(instance, run)
-    reason = proc.why_dead() if proc is not None else None
+    reason = proc.why_dead() if proc is not None else _never_started(instance, run)
     if reason is None:
         return None
     # Read the status again: a run that just finished has released its process legitimately.

@@ -47,9 +47,12 @@ def test_daemon_follows_the_daily_rollup_and_recovers_runs_killed_with_it(medall
 
             # 2. SIGKILL the whole group (webserver, daemon, code server, run workers, simulators) mid-run.
             dev.wait_until("a run in flight", lambda: instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])), 60, every_s=0.2)
+            print(f"killed {time.time() - began:.0f} s after start")
             dev.kill()
-            stuck = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            # Started, or handed to the code server and not yet started: both stay so forever on their own.
+            stuck = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]))
             assert stuck, "the killed runs finished before the kill landed"
+            print(f"stuck: {[r.status.value for r in stuck]}")
 
             # 3. Started again (no simulator): the dead runs are found at once, and the work completes.
             dev = DevServer(medallion_home, rate=0)
@@ -60,9 +63,10 @@ def test_daemon_follows_the_daily_rollup_and_recovers_runs_killed_with_it(medall
                 runs = [instance.get_run_by_id(r.run_id) for r in stuck]
                 return all(r.status == dg.DagsterRunStatus.FAILURE and r.tags.get("medallion/died") == "true" for r in runs)
 
-            dev.wait_until("the dead runs marked failed", ended, 60, every_s=0.5)
+            dev.wait_until("the dead runs marked failed", ended, 90, every_s=0.5)
             print(f"dead runs marked failed {time.monotonic() - up:.1f} s after the restarted daemon was up")
-            assert time.monotonic() - up < 30
+            # A started run at once; one that never got a worker once no worker could still report (30 s).
+            assert time.monotonic() - up < 60
 
             lake = LakeResource(root=str(medallion_home / "lake"))
             warehouse = WarehouseResource(chdb_path=str(medallion_home / "warehouse"))
@@ -75,7 +79,8 @@ def test_daemon_follows_the_daily_rollup_and_recovers_runs_killed_with_it(medall
                 s = platform_summary(STREAMS, lake, warehouse, kafka, instance)
                 return s if s["reconciled"] else None
 
-            summary = dev.wait_until("everything ingested, derived and loaded", settled, 420, every_s=5)
+            summary = dev.wait_until("everything ingested, derived and loaded", settled, 300, every_s=5)
+            print(f"settled {time.monotonic() - up:.0f} s after the restart")
             time.sleep(10)  # a doubled ingest or load, if there were one, would land now
             again = platform_summary(STREAMS, lake, warehouse, kafka, instance)
             assert again["reconciled"] and again["consumed"] == summary["consumed"] > 0
