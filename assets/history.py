@@ -26,7 +26,6 @@ CONTEXT_PARTITION = "context_partition"
 CONTEXT_HASH = "context_hash"
 HISTORY_HASH = "history_hash"
 HISTORY_CHANGED = "history_changed"
-CONTENT_HASH = "content_hash"
 NO_HISTORY = "none"  # the context hash of a partition that started without history
 
 
@@ -85,12 +84,3 @@ def latest_observation(instance: dg.DagsterInstance, spec: StreamSpec, partition
     if not records:
         return None
     return {k: v.value for k, v in records[0].asset_observation.metadata.items()}
-
-
-def latest_materialization(instance: dg.DagsterInstance, spec: StreamSpec, partition_key: str) -> dict | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=keys.silver_key(spec), asset_partitions=[partition_key]), limit=1
-    ).records
-    if not records:
-        return None
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
