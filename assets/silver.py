@@ -20,6 +20,7 @@ from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.spec import SilverContext, StreamSpec
 from assets.transforms.dedup import derive_silver
+from resources.faults import failpoint
 from resources.lake import LakeResource
 from resources.spark import SparkEngine
 from resources.pii import pii_key, pseudonymise
@@ -81,6 +82,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                 bronze = empty_bronze(spec).drop("payload")
             rows = apply_contract(bronze, spec.row_contract)
             context_pk, context_rows = history_before(spec, lake, pk) if spec.history else (None, None)
+            failpoint("silver.after_context")
             key_for_pii = pii_key() if spec.pii_fields else None
             ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION, pii_key=key_for_pii)
             engine = "spark" if spec.uses_spark(spec.spark_silver_transform, bronze.height, spark.min_rows) else "polars"

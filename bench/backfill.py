@@ -21,7 +21,7 @@ def main() -> None:
     from assets.streams.iot import IOT
     from medallion.backfill import backfill
     from medallion.definitions import build_definitions
-    from medallion.simulator import bulk_readings
+    from assets.simulation.iot import bulk_readings
     from resources.kafka import KafkaResource
     from resources.lake import LakeResource
     from resources.warehouse import WarehouseResource

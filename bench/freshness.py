@@ -34,7 +34,7 @@ def main() -> None:
     home = scratch_home("freshness")
 
     from assets.streams.iot import IOT
-    from medallion.simulator import SIMULATOR_LINGER_MS, SimulatorConfig, SimulatorStats, generate
+    from assets.simulation.iot import SIMULATOR_LINGER_MS, SimulatorConfig, SimulatorStats, generate
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from resources.config import platform_resources
     from resources.embedded_broker import stop_broker

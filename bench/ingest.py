@@ -17,7 +17,7 @@ def main() -> None:
 
     from assets.streams.iot import IOT
     from medallion.definitions import build_definitions
-    from medallion.simulator import bulk_readings, produce_frame
+    from assets.simulation.iot import bulk_readings, produce_frame
     from resources.embedded_broker import start_broker, stop_broker
     from resources.kafka import KafkaResource
     from resources.lake import LakeResource

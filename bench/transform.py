@@ -17,7 +17,7 @@ def setup(events: int) -> None:
     """Write the Bronze partition (in its own process, so its memory is not counted)."""
     home = scratch_home(f"transform-{events}")
     from assets.streams.iot import IOT
-    from medallion.simulator import bulk_readings
+    from assets.simulation.iot import bulk_readings
 
     readings = bulk_readings(events, seed=42, sensors=max(200, events // 3600), end=HOUR, span_s=3599)
     write_bronze(home / "lake", IOT.name, bronze_frame(readings), IOT.partitions)

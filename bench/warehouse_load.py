@@ -17,7 +17,7 @@ def main() -> None:
     from assets.streams.iot import IOT
     from assets.transforms.iot import gold_sensor_5m
     from assets.warehouse import load_frame, table_ddl
-    from medallion.simulator import bulk_readings
+    from assets.simulation.iot import bulk_readings
     from resources.warehouse import WarehouseResource
 
     import polars as pl

@@ -16,7 +16,7 @@ from resources.settings import REPO_ROOT, load_settings
 
 
 def simulator_config(args, **kwargs):
-    from medallion.simulator import SimulatorConfig
+    from assets.simulation.iot import SimulatorConfig
 
     return SimulatorConfig(
         seed=args.seed,
@@ -62,8 +62,8 @@ def _run_pipeline(args, simulate: bool) -> int:
     from assets.streams import STREAMS
     from medallion.definitions import build_definitions
     from medallion.driver import drive
-    from medallion.bad_input import produce_corpus
-    from medallion.simulator import SIMULATOR_LINGER_MS, produce
+    from assets.simulation.bad_input import produce_corpus
+    from assets.simulation.iot import SIMULATOR_LINGER_MS, produce
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from medallion.summary import platform_summary
 
@@ -171,7 +171,7 @@ def cmd_broker(args) -> int:
 
 def cmd_simulate(args) -> int:
     from assets.streams import STREAMS
-    from medallion.simulator import SIMULATOR_LINGER_MS, produce
+    from assets.simulation.iot import SIMULATOR_LINGER_MS, produce
 
     spec = next((s for s in STREAMS if s.name == args.stream), None)
     if spec is None:

@@ -6,7 +6,6 @@ import json
 import time
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from assets import keys
 from assets.promotion import CONTRACT_CHECK
@@ -85,13 +84,13 @@ def build_check_failure_alert(streams: tuple[StreamSpec, ...]) -> dg.SensorDefin
             done, pending = set(mark["sent"]), []
             records = context.instance.event_log_storage.get_asset_check_execution_history(check_key, limit=200)
             for rec in sorted((r for r in records if r.id > mark["w"]), key=lambda r: r.id):
-                if rec.status == AssetCheckExecutionRecordStatus.PLANNED:
+                if rec.status.value == "PLANNED":
                     run = context.instance.get_run_by_id(rec.run_id)
                     if run is not None and not run.is_finished:
                         pending.append(rec.id)
                     continue
                 recent = time.time() - rec.create_timestamp < FIRST_TICK_LOOKBACK_S
-                if rec.status == AssetCheckExecutionRecordStatus.FAILED and rec.id not in done and (recent or not first_tick):
+                if rec.status.value == "FAILED" and rec.id not in done and (recent or not first_tick):
                     _send_check_alert(alerts, name, rec, context.instance)
                     sent += 1
                 done.add(rec.id)

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import polars as pl
 
-from medallion.bad_input import corpus, produce_corpus
+from assets.simulation.bad_input import corpus, produce_corpus
 from medallion.driver import drive
 from tests.conftest import produce, reading
 from tests.helpers import definitions

@@ -13,8 +13,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from medallion.simulator import SimulatorConfig, produce
-from medallion.simulator_ads import generate_ads
+from assets.simulation.iot import SimulatorConfig, produce
+from assets.simulation.ads import generate_ads
 from resources.lake import LakeResource
 
 CLI = [sys.executable, "-m", "medallion.cli"]

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from medallion.driver import drive
-from medallion.simulator import SimulatorConfig, produce
+from assets.simulation.iot import SimulatorConfig, produce
 from medallion.summary import platform_summary
 from tests.helpers import definitions
 

@@ -17,7 +17,7 @@ from assets.streams.iot import IOT
 from assets.transforms import iot
 from assets.transforms.bronze import parse_messages
 from assets.transforms.dedup import derive_silver
-from medallion.simulator import SimulatorConfig, SimulatorStats, generate
+from assets.simulation.iot import SimulatorConfig, SimulatorStats, generate
 
 END = datetime(2026, 11, 20, 5, 50, tzinfo=timezone.utc)
 CTX = SilverContext("2026-11-20-05:00", datetime(2026, 11, 20, 6, 1, tzinfo=timezone.utc), "parity")

@@ -195,3 +195,44 @@ def test_a_history_change_reaches_past_an_hour_that_failed_its_contract(spec, re
     assert both.filter((pl.col("z_score") - pl.col("ref_z")).abs() > 1e-9).height == 0
     first_of_h2 = both.filter(pl.col("event_id") == "c0")
     assert first_of_h2["z_score"][0] == pytest.approx(first_of_h2["ref_z"][0], rel=1e-12)  # it sees the late reading
+
+
+@pytest.mark.slow
+def test_an_erasure_waits_for_a_derivation_that_read_the_subjects_history(spec, resources, broker, shared_instance, kafka, tmp_path):
+    """A derivation holds the history it read: an erasure meanwhile would miss the history it then writes,
+    carrying the subject's readings on. The derivation is held right after reading (a failpoint)."""
+    import threading
+
+    from assets.erasure import Subject, erase
+    from tests.conftest import start_held_child
+
+    lake, defs = resources["lake"], definitions(spec, resources)
+    h0, h2 = HOURS[0], HOURS[2]
+    produce(kafka, spec.topic, [reading(f"a{i}", f"dense-{i % 2}", h0 + timedelta(seconds=30 * i), 21.0 + i % 5) for i in range(40)])
+    drive(defs, shared_instance, (spec,), timeout_s=300)
+    produce(kafka, spec.topic, [reading(f"c{i}", "dense-1", h2 + timedelta(seconds=30 * i), 21.0 + i % 5) for i in range(20)])
+    assert run_ingest_only(defs, spec, shared_instance)
+    keys = partition_keys()
+    # H2 derives from H0's history, which carries dense-0's readings on though H2 has none of its own.
+    release = tmp_path / "release"
+    held = start_held_child(spec, resources, broker, "assets", "silver_iot", keys[2], point="silver.after_context", release=release)
+    result = {}
+    eraser = threading.Thread(target=lambda: result.update(erase(Subject("sensor", "dense-0"), lake, resources["warehouse"], streams=(spec,))))
+    eraser.start()
+    eraser.join(3)
+    waited = eraser.is_alive()
+    release.touch()
+    assert held.wait(120) == 0
+    eraser.join(120)
+    assert result["removed"]["history"][spec.name] > 0
+    for pk in keys[:3]:
+        history = lake.read("silver", spec.name, "history", [pk])
+        assert history is None or "dense-0" not in history["sensor_id"].to_list(), f"{pk} still carries the erased sensor"
+    assert waited, "the erasure did not wait for the derivation holding the history it read"
+
+
+def run_ingest_only(defs, spec, instance) -> bool:
+    """Bronze alone (the Kafka sensor's ingest, without deriving the partition)."""
+    from tests.helpers import materialize
+
+    return materialize(defs, ["bronze_iot"], HOURLY.get_last_partition_key(), instance).success

@@ -108,7 +108,7 @@ def _successful_runs(port: int) -> list[str]:
 
 def test_dev_on_postgres_keeps_runs_events_and_cursors_across_restart(postgres_url, medallion_home, tmp_path):
     from assets.streams.iot import IOT
-    from medallion.simulator import SimulatorConfig, produce
+    from assets.simulation.iot import SimulatorConfig, produce
     from resources.embedded_broker import running_broker
     from resources.kafka import KafkaResource
     from resources.lake import LakeResource

@@ -11,7 +11,7 @@ from assets.contracts import ads as contracts
 from assets.partitions import DAILY
 from assets.spec import FieldSpec, GoldTable, History, Rollup, StreamSpec, SubjectSpec
 from assets.transforms import ads as transforms
-from medallion.simulator_ads import generate_ads
+from assets.simulation.ads import generate_ads
 
 CAMPAIGN_DAILY = GoldTable(
     name="campaign_daily",

@@ -9,8 +9,8 @@ from assets.engines import spark_iot
 from assets.partitions import DAILY, HOURLY
 from assets.spec import FieldSpec, GoldTable, History, StreamSpec, SubjectSpec
 from assets.transforms import iot as transforms
-from medallion.bad_input import corpus
-from medallion.simulator import generate
+from assets.simulation.bad_input import corpus
+from assets.simulation.iot import generate
 
 IOT = StreamSpec(
     name="iot",

@@ -8,7 +8,7 @@ import random
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
-from medallion.simulator import SimulatorConfig, SimulatorStats
+from assets.simulation.iot import SimulatorConfig, SimulatorStats
 
 CAMPAIGNS = [f"cmp-{i:03d}" for i in range(12)]
 CTR = 0.015
