@@ -1,8 +1,9 @@
 """Bronze: the ingest job that moves a Kafka offset range into event-time partitions, exactly once.
 
 Bronze is an asset the ingest job reports on (one materialization per partition it touched), because
-which hours a batch of offsets lands in is only known after reading it. Exactly-once rests on the lake's
-ledger: files are named by offset range, staged, and committed by a ledger record (see resources/lake.py).
+which hours a batch of offsets lands in is only known after reading it. Exactly-once rests on the Delta
+commit: it carries each Kafka partition's next offset as an app transaction, so the commit that adds the
+rows is the one that moves the offsets, and a second run of the same range fails its commit.
 """
 
 
@@ -10,6 +11,7 @@ import contextlib
 import gc
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -17,13 +19,15 @@ import polars as pl
 
 from assets import keys
 from assets.partitions import partition_key_expr, partition_start
+from assets.promotion import LAKE_VERSION
 from assets.spec import StreamSpec
 from assets.bronze_stage import BronzeStage
-from assets.transforms.bronze import BronzeParser, BronzeRules, bronze_schema
+from assets.transforms.bronze import DEAD_LETTER_SCHEMA, BronzeParser, BronzeRules, bronze_schema
 from resources.continuity import fingerprint, verify_log_continuity
 from resources.faults import failpoint
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
-from resources.lake import OFFSET_WIDTH, LakeResource, LedgerEntry, partition_dirname
+from resources.delta import arrow_table
+from resources.lake import CommitConflict, LakeResource, bronze_table, dead_letter_table, kafka_app_id
 
 DEFAULT_MAX_RECORDS = 2_000_000
 
@@ -43,6 +47,10 @@ def empty_bronze(spec: StreamSpec) -> pl.DataFrame:
     return pl.DataFrame(schema=bronze_schema(bronze_rules(spec)))
 
 
+def empty_dead_letter(spec: StreamSpec) -> pl.DataFrame:
+    return pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+
+
 def topic_asset(spec: StreamSpec) -> dg.AssetSpec:
     return dg.AssetSpec(
         keys.topic_key(spec),
@@ -55,6 +63,12 @@ def topic_asset(spec: StreamSpec) -> dg.AssetSpec:
 
 class IngestConfig(dg.Config):
     max_records: int = DEFAULT_MAX_RECORDS  # backpressure: records per run at most
+
+
+def ingest_pool(spec: StreamSpec) -> str:
+    """The Dagster concurrency pool of a stream's ingest: one at a time saves work a commit conflict would
+    throw away (correctness rests on the commit, not on this)."""
+    return f"ingest_{spec.name}"
 
 
 def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
@@ -73,37 +87,37 @@ def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
         partitions_def=spec.partitions,
         output_required=False,  # nothing new for this run's partition: its downstream steps are skipped
         retry_policy=dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL),  # 1 s, 2 s, 4 s
+        pool=ingest_pool(spec),
         group_name=keys.group(spec, "bronze"),
-        kinds={"kafka", "parquet"},
+        kinds={"kafka", "delta"},
         owners=list(spec.owners),
         description=(
             f"Raw {spec.name} records by event time: payload + topic/partition/offset/Kafka timestamp/ingestion "
-            "time. Append-only, exactly once per offset. Materializing it ingests everything pending in "
-            f"`{spec.topic}` (the `kafka_{spec.name}` sensor does this); records land in their own event-time partitions."
+            "time. Append-only, exactly once per offset (the Kafka offsets are committed inside the Delta commit). "
+            f"Materializing it ingests everything pending in `{spec.topic}` (the `kafka_{spec.name}` sensor does "
+            "this); records land in their own event-time partitions."
         ),
     )
     def bronze(context: dg.AssetExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource):
         own = context.partition_key
         with lake.stream_lock(spec.name):
-            for action in lake.recover_bronze(spec.name):
-                context.log.warning(f"recovery: {action}")
-            entries = lake.unreported_entries(spec.name)  # a crashed run committed these but never announced them
+            # A crashed run may have committed without announcing: announce first, so events keep commit order.
+            pending = unannounced_commits(context.instance, spec, lake, context.run_id)
             failpoint("ingest.after_recover")
-
             parts = kafka.partitions(spec.topic)
+            snapshot = IngestSnapshot.load(lake, spec, parts)
             try:
-                verify_log_continuity(kafka, lake, spec.name, spec.topic)
+                verify_log_continuity(kafka, spec.topic, snapshot.first_records)
             except OffsetsWentBackwardsError as exc:  # retrying cannot help: a person must look
                 raise dg.Failure(description=str(exc), allow_retries=False) from exc
-            start = lake.committed_offsets(spec.name, parts)
-            new_entries = _ingest(context, spec, rules, pk_expr, kafka, lake, start, config.max_records)
-            entries += new_entries
-            if not new_entries:
-                context.log.info(f"no new records in {spec.topic} after offsets {start}")
-            own_metadata = announce(context, spec, kafka, lake, entries, own)
+            committed = _ingest(context, spec, rules, pk_expr, kafka, lake, snapshot, config.max_records)
+            if committed is None:
+                context.log.info(f"no new records in {spec.topic} after offsets {snapshot.start}")
+            commits = pending + ([committed] if committed is not None else [])
+            own_metadata = announce(context, spec, kafka, lake, commits, own)
             if own_metadata is not None:
                 yield dg.MaterializeResult(metadata=own_metadata)
-            finish_report(context, spec, kafka, lake, entries)
+            finish_report(context, spec, kafka, lake, commits)
 
     return bronze
 
@@ -121,13 +135,61 @@ def cyclic_gc_paused():
             gc.enable()
 
 
-def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: KafkaResource, lake: LakeResource, start: dict[int, int], max_records: int) -> list[LedgerEntry]:
-    """Read from `start` to the end of the log (or `max_records`), staging Bronze files as blocks are
-    parsed, then commit them."""
+@dataclass
+class IngestSnapshot:
+    """Bronze and dead-letter as an ingest read them: where to start, and what a conflicting commit is
+    checked against."""
+
+    bronze: object  # DeltaTable | None
+    dead_letter: object
+    start: dict[int, int]
+    dead_letter_ahead: dict[int, int]  # kp -> dead-letter's version where it is past Bronze's (a run died between its commits)
+    state: dict  # the latest ingest commit's metadata: cumulative totals, the first record of each partition's last range
+
+    @classmethod
+    def load(cls, lake: LakeResource, spec: StreamSpec, parts: list[int]) -> "IngestSnapshot":
+        bronze = lake.ensure(bronze_table(spec.name), arrow_table(empty_bronze(spec)).schema)
+        dead = lake.ensure(dead_letter_table(spec.name), arrow_table(empty_dead_letter(spec)).schema)
+        start = lake.committed_offsets(spec.name, spec.topic, parts, snapshot=bronze)
+        ahead = {}
+        for kp in parts:
+            v = dead.transaction_version(kafka_app_id(spec.topic, kp)) if dead is not None else None
+            if v is not None and v > start[kp]:
+                ahead[kp] = v
+        latest = lake.latest_commit(bronze_table(spec.name), INGEST, snapshot=bronze) if bronze is not None else None
+        return cls(bronze, dead, start, ahead, latest[1] if latest else {})
+
+    @property
+    def first_records(self) -> dict[int, dict]:
+        return {int(k): v for k, v in self.state.get("first_records", {}).items()}
+
+
+INGEST = "ingest"
+
+
+def _already_dead(lake: LakeResource, spec: StreamSpec, snapshot: IngestSnapshot) -> dict[int, set[int]]:
+    """Offsets in dead-letter past Bronze's committed offsets (a run died between its two commits)."""
+    if not snapshot.dead_letter_ahead:
+        return {}
+    dead = pl.scan_delta(snapshot.dead_letter).select("kafka_partition", "kafka_offset").collect()
+    out = {}
+    for kp, upto in snapshot.dead_letter_ahead.items():
+        offs = dead.filter((pl.col("kafka_partition") == kp) & pl.col("kafka_offset").is_between(snapshot.start[kp], upto, closed="left"))
+        out[kp] = set(offs["kafka_offset"].to_list())
+    return out
+
+
+def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: KafkaResource, lake: LakeResource, snapshot: IngestSnapshot, max_records: int) -> "BronzeCommit | None":
+    """Read from the committed offsets to the end of the log (or `max_records`), writing Bronze files as
+    blocks are parsed, then commit: dead-letter first, then Bronze, each with the Kafka offsets as app
+    transactions. Returns the commit (None when nothing was read, or another run committed this range first)."""
+    start = snapshot.start
     now = datetime.now(timezone.utc)
     parser = BronzeParser(rules, now)
-    staging = lake.staging_dir(spec.name, context.run_id)
-    stage = BronzeStage(staging, pk_expr, start)
+    already_dead = _already_dead(lake, spec, snapshot)
+    bronze_files = lake.data_files(bronze_table(spec.name))
+    dead_files = lake.data_files(dead_letter_table(spec.name))
+    stage = BronzeStage(bronze_files, pk_expr, skip=already_dead)
     first_message: dict[int, object] = {}
     try:
         with cyclic_gc_paused():
@@ -141,7 +203,8 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
                     for m in batch.messages:  # batches are in offset order per partition
                         first_message.setdefault(m.partition(), m)
         if not first_message:
-            return []
+            stage.abort()
+            return None
         failpoint("ingest.after_read")
         parsed = parser.finish()
         stage.add(parsed.bronze)
@@ -149,91 +212,217 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
         for kp, offset in parsed.dead_letter.group_by("kafka_partition").agg(pl.col("kafka_offset").max()).iter_rows():
             ends[kp] = max(ends.get(kp, -1), offset)
         ends = {kp: offset + 1 for kp, offset in ends.items()}
-        counts = stage.close(ends)
+        counts = stage.close()
+        failpoint("ingest.after_stage")
+        dead = parsed.dead_letter
+        for kp, upto in snapshot.dead_letter_ahead.items():  # committed by the run that died: not again
+            dead = dead.filter(~((pl.col("kafka_partition") == kp) & (pl.col("kafka_offset") < upto)))
+        if dead.height:
+            dead_files.write(dead, None)
+        kept_dead = sum(len(v) for v in already_dead.values())  # dead letters of the run that died, in this range
+        commit = BronzeCommit.of(context.run_id, spec, start, ends, counts, dead, first_message, snapshot, kept_dead)
+        if not commit.land(lake, spec, snapshot, bronze_files, dead_files, parsed.dead_letter):
+            context.log.warning(
+                f"another run committed {spec.topic} offsets from {start} first; this run commits nothing "
+                "(its records are in Bronze once, from that run)"
+            )
+            return None
     except BaseException:
         stage.abort()
+        dead_files.discard()
         raise
-    dead = parsed.dead_letter
-    entries = []
-    for kp, end in sorted(ends.items()):
-        rng = f"p{kp}-{start[kp]:0{OFFSET_WIDTH}d}-{end:0{OFFSET_WIDTH}d}.parquet"
-        kp_counts = counts.get(kp, {})
-        files = [f"{partition_dirname(pk)}/{rng}" for pk in kp_counts]
-        dl = dead.filter(pl.col("kafka_partition") == kp)
-        if dl.height:
-            rel = f"dead_letter/{rng}"
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            dl.write_parquet(staging / rel, compression="zstd", compression_level=1)
-            files.append(rel)
-        entries.append(
-            LedgerEntry(
-                kafka_partition=kp,
-                start=start[kp],
-                end=end,
-                files=files,
-                partitions=kp_counts,
-                dead_letter_rows=dl.height,
-                run_id=context.run_id,
-                first_record=fingerprint(first_message[kp]),
-            )
-        )
-    failpoint("ingest.after_stage")
-    lake.commit_bronze(spec.name, staging, entries)
     failpoint("ingest.after_commit")
     context.log.info(
-        f"committed {stage.rows} bronze + {dead.height} dead-letter records: "
-        + ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in entries)
+        f"committed {stage.rows} bronze + {dead.height} dead-letter records in Bronze version {commit.version}: "
+        + ", ".join(f"p{kp}[{a},{b})" for kp, (a, b) in sorted(commit.ranges.items()))
     )
-    return entries
+    return commit
 
 
-def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, entries: list[LedgerEntry], own_partition: str | None) -> dict | None:
+@dataclass
+class BronzeCommit:
+    """One ingest commit as its metadata records it (also read back from the table's history)."""
+
+    run_id: str
+    ranges: dict[int, tuple[int, int]]  # kp -> [start, end)
+    partitions: dict[str, int]  # Bronze partition -> rows added
+    dead_letter_rows: int
+    first_records: dict[int, dict]  # cumulative: the first record of each Kafka partition's latest range
+    totals: dict  # cumulative: consumed, ingested, dead_letter
+    version: int = -1
+    dead_letter_version: int | None = None
+
+    @classmethod
+    def of(cls, run_id, spec, start, ends, counts, dead, first_message, snapshot: IngestSnapshot, kept_dead: int) -> "BronzeCommit":
+        partitions: dict[str, int] = defaultdict(int)
+        for by_pk in counts.values():
+            for pk, n in by_pk.items():
+                partitions[pk] += n
+        first = snapshot.first_records | {kp: fingerprint(m) for kp, m in first_message.items()}
+        before = snapshot.state.get("totals", {})
+        consumed = {int(k): v for k, v in before.get("consumed", {}).items()}
+        for kp, end in ends.items():
+            consumed[kp] = consumed.get(kp, 0) + end - start[kp]
+        totals = {
+            "consumed": consumed,
+            "ingested": before.get("ingested", 0) + sum(partitions.values()),
+            "dead_letter": before.get("dead_letter", 0) + dead.height + kept_dead,
+        }
+        return cls(run_id, {kp: (start[kp], end) for kp, end in ends.items()}, dict(partitions), dead.height, first, totals)
+
+    def metadata(self) -> dict:
+        return {
+            "operation": INGEST,
+            "run_id": self.run_id,
+            "ranges": {str(k): list(v) for k, v in self.ranges.items()},
+            "partitions": self.partitions,
+            "dead_letter_rows": self.dead_letter_rows,
+            "dead_letter_version": self.dead_letter_version,
+            "first_records": {str(k): v for k, v in self.first_records.items()},
+            "totals": {**self.totals, "consumed": {str(k): v for k, v in self.totals["consumed"].items()}},
+        }
+
+    @classmethod
+    def from_metadata(cls, version: int, meta: dict) -> "BronzeCommit":
+        return cls(
+            meta["run_id"],
+            {int(k): tuple(v) for k, v in meta["ranges"].items()},
+            meta["partitions"],
+            meta["dead_letter_rows"],
+            {int(k): v for k, v in meta.get("first_records", {}).items()},
+            meta.get("totals", {}),
+            version,
+            meta.get("dead_letter_version"),
+        )
+
+    def land(self, lake: LakeResource, spec: StreamSpec, snapshot: IngestSnapshot, bronze_files, dead_files, dead_schema_frame: pl.DataFrame) -> bool:
+        """Dead-letter's commit, then Bronze's; False if another run's commit of the same offsets came first.
+
+        Dead-letter always commits (with no rows too), so two runs of one range always collide there. A run
+        that dies between the two leaves dead-letter ahead of Bronze: the next run keeps those records as
+        dead letters and commits only the rest (`IngestSnapshot.dead_letter_ahead`)."""
+        failpoint("ingest.before_commit")  # every file written, nothing committed: the window two runs race in
+        offsets = {kafka_app_id(spec.topic, kp): end for kp, (_, end) in self.ranges.items()}
+        dead_offsets = {kafka_app_id(spec.topic, kp): max(end, snapshot.dead_letter_ahead.get(kp, 0)) for kp, (_, end) in self.ranges.items()}
+        try:
+            self.dead_letter_version = lake.commit(
+                dead_letter_table(spec.name), dead_files, snapshot=snapshot.dead_letter, transactions=dead_offsets,
+                metadata={"operation": INGEST, "run_id": self.run_id, "rows": self.dead_letter_rows},
+                empty_schema=arrow_table(empty_dead_letter(spec)).schema,
+            )  # fmt: skip
+        except CommitConflict:
+            bronze_files.discard()
+            dead_files.discard()
+            return False
+        failpoint("ingest.between_commits")
+        try:
+            self.version = lake.commit(
+                bronze_table(spec.name), bronze_files, snapshot=snapshot.bronze, transactions=offsets,
+                metadata=self.metadata(), empty_schema=arrow_table(empty_bronze(spec)).schema,
+            )  # fmt: skip
+        except CommitConflict:
+            bronze_files.discard()
+            return False
+        return True
+
+
+def unannounced_commits(instance: dg.DagsterInstance, spec: StreamSpec, lake: LakeResource, own_run_id: str | None = None) -> list[BronzeCommit]:
+    """Ingest commits whose materialization events were not all logged (the run died in between), and
+    whose run is over. Each event records the Bronze version it announces; the newest event's version is
+    where to look from (every earlier commit was announced in full before a later one was made)."""
+    latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=keys.bronze_key(spec)), limit=1).records
+    since = _event_version(latest[0]) if latest else None
+    commits = lake.commits(bronze_table(spec.name), since_version=since if since is not None else 0, operation=INGEST)
+    out = []
+    for version, meta in commits:
+        c = BronzeCommit.from_metadata(version, meta)
+        run = instance.get_run_by_id(c.run_id)
+        if run is not None and not run.is_finished and run.run_id != own_run_id:
+            continue  # its own run is still announcing it
+        if since is not None and version == since:
+            c.partitions = {pk: n for pk, n in c.partitions.items() if not _announced(instance, spec, pk, version)}
+            if not c.partitions:
+                continue
+        out.append(c)
+    return out
+
+
+def _event_version(record) -> int | None:
+    value = record.asset_materialization.metadata.get(BRONZE_VERSION)
+    return None if value is None else int(value.value)
+
+
+def _announced(instance, spec: StreamSpec, pk: str, version: int) -> bool:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=keys.bronze_key(spec), asset_partitions=[pk]), limit=1).records
+    v = _event_version(records[0]) if records else None
+    return v is not None and v >= version
+
+
+BRONZE_VERSION = LAKE_VERSION
+
+
+def ingest_totals(lake: LakeResource, spec: StreamSpec) -> dict:
+    """Cumulative figures of every ingest so far (erasures later do not lower them): records consumed
+    (offsets), ingested into Bronze, dead-lettered."""
+    latest = lake.latest_commit(bronze_table(spec.name), INGEST)
+    totals = latest[1].get("totals", {}) if latest else {}
+    return {
+        "consumed": sum(totals.get("consumed", {}).values()),
+        "ingested": totals.get("ingested", 0),
+        "dead_letter": totals.get("dead_letter", 0),
+    }
+
+
+def needs_announcing(instance: dg.DagsterInstance, spec: StreamSpec, lake: LakeResource) -> bool:
+    """An ingest commit not announced in full: a run died between its commit and its events."""
+    return bool(unannounced_commits(instance, spec, lake))
+
+
+def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, commits: list[BronzeCommit], own_partition: str | None) -> dict | None:
     """After a commit (or on recovery from a crash right after one): dead letters to the DLQ topic, and a
     materialization event for every Bronze partition touched. Returns the metadata of `own_partition`
-    (the run's own, reported by the caller as its result) if it was touched.
+    (the run's own, reported by the caller as its result) if the newest commit touched it.
 
     Repeating it is harmless apart from the dead-letter topic, which is at-least-once (the table is exact).
     """
-    if not entries:
-        return None
-    dead_files = [lake.dead_letter_dir(spec.name) / f.split("/", 1)[1] for e in entries for f in e.files if f.startswith("dead_letter/")]
-    if dead_files:
-        _produce_dead_letters(kafka, spec, pl.read_parquet(dead_files))
-        failpoint("report.after_dead_letter_topic")
-    by_pk: dict[str, list[LedgerEntry]] = defaultdict(list)
-    for e in entries:
-        for pk in e.partitions:
-            by_pk[pk].append(e)
     own = None
-    for pk, es in sorted(by_pk.items()):
-        total = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in lake.bronze_files(spec.name, pk))
-        metadata = {
-            "dagster/row_count": total,
-            "rows_added": sum(e.partitions[pk] for e in es),
-            "offset_ranges": ", ".join(f"p{e.kafka_partition}[{e.start},{e.end})" for e in es),
-            "dead_letter_rows_in_batch": sum(e.dead_letter_rows for e in es),
-            "topic": spec.topic,
-        }
-        if pk == own_partition:
-            own = metadata
-            continue
-        context.log_event(dg.AssetMaterialization(asset_key=keys.bronze_key(spec), partition=pk, metadata=metadata))
-        failpoint("report.mid_events")
+    for c in commits:
+        if c.dead_letter_rows:
+            dead = lake.read_dead_letter(spec.name)
+            mine = pl.concat(
+                [dead.filter((pl.col("kafka_partition") == kp) & pl.col("kafka_offset").is_between(a, b, closed="left")) for kp, (a, b) in c.ranges.items()]
+            )
+            _produce_dead_letters(kafka, spec, mine)
+            failpoint("report.after_dead_letter_topic")
+        rows = lake.partition_rows_of(lake.open(bronze_table(spec.name), c.version))
+        for pk in sorted(c.partitions):
+            metadata = {
+                "dagster/row_count": rows.get(pk, 0),
+                "rows_added": c.partitions[pk],
+                "offset_ranges": ", ".join(f"p{kp}[{a},{b})" for kp, (a, b) in sorted(c.ranges.items())),
+                "dead_letter_rows_in_batch": c.dead_letter_rows,
+                "topic": spec.topic,
+                BRONZE_VERSION: c.version,
+            }
+            if pk == own_partition and c is commits[-1]:
+                own = metadata
+                continue
+            context.log_event(dg.AssetMaterialization(asset_key=keys.bronze_key(spec), partition=pk, metadata=metadata))
+            failpoint("report.mid_events")
     return own
 
 
-def finish_report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, entries: list[LedgerEntry]) -> None:
-    """Every event is out: remember that, and mirror the offsets into a consumer group for lag tooling."""
-    if not entries:
+def finish_report(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, commits: list[BronzeCommit]) -> None:
+    """Every event is out: mirror the offsets into a consumer group for lag tooling."""
+    if not commits:
         return
     failpoint("report.after_events")
-    lake.mark_reported(spec.name, entries)
-    failpoint("report.after_mark_reported")
     try:
-        parts = sorted({e.kafka_partition for e in entries})
-        kafka.commit_group_offsets(f"medallion-{spec.name}", spec.topic, lake.committed_offsets(spec.name, parts))
-    except Exception as exc:  # lag display only: Bronze's ledger is the source of truth
+        parts = sorted({kp for c in commits for kp in c.ranges})
+        kafka.commit_group_offsets(f"medallion-{spec.name}", spec.topic, lake.committed_offsets(spec.name, spec.topic, parts))
+    except Exception as exc:  # lag display only: Bronze's transaction versions are the source of truth
         context.log.warning(f"could not mirror offsets to consumer group: {exc}")
+    failpoint("report.after_group_offsets")
 
 
 def _produce_dead_letters(kafka: KafkaResource, spec: StreamSpec, dead: pl.DataFrame) -> None:

@@ -1,68 +1,59 @@
-"""Streams parsed Bronze blocks into a run's staging directory while the run is still reading Kafka.
+"""Streams parsed Bronze blocks into new data files of the Bronze table while the run is still reading Kafka.
 
 One Parquet file per (Kafka partition, Bronze partition), appended a row group per block, so an ingest of
-millions of records holds one block in memory, not all of them. Files carry a `.partial` suffix until
-`close()` names them after the offset range they hold; nothing here is visible to readers before the
-ledger commit (`LakeResource.commit_bronze`), and recovery discards a staging directory without one.
+millions of records holds one block in memory, not all of them. The files sit in the table's location but
+no Delta version references them until the ingest commit (`assets/bronze.py`): readers never see them, and
+a run that dies before committing leaves only files vacuum removes.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
-import pyarrow.parquet as pq
 
+from resources.delta import DataFiles, StreamingFile, arrow_table
 from resources.faults import failpoint
-from resources.lake import OFFSET_WIDTH, partition_dirname
 
 
 class BronzeStage:
-    def __init__(self, staging: Path, pk_expr: pl.Expr, start: dict[int, int]):
-        self.staging, self.pk_expr, self.start = staging, pk_expr, start
-        self._writers: dict[tuple[int, str], pq.ParquetWriter] = {}
+    def __init__(self, files: DataFiles, pk_expr: pl.Expr, skip: dict[int, set[int]] | None = None):
+        # `skip`: offsets per Kafka partition already committed to dead-letter by a run that died before its
+        # Bronze commit; they stay dead letters (never in both tables).
+        self.files, self.pk_expr, self.skip = files, pk_expr, skip or {}
+        self._writers: dict[tuple[int, str], StreamingFile] = {}
         self.counts: dict[tuple[int, str], int] = {}
         self.rows = 0
         self.last_offsets: dict[int, int] = {}
 
-    def _partial(self, kp: int, pk: str) -> Path:
-        return self.staging / partition_dirname(pk) / f"p{kp}-{self.start[kp]:0{OFFSET_WIDTH}d}.partial"
-
     def add(self, block: pl.DataFrame) -> None:
         if not block.height:
             return
+        for kp, offset in block.group_by("kafka_partition").agg(pl.col("kafka_offset").max()).iter_rows():
+            self.last_offsets[kp] = max(self.last_offsets.get(kp, -1), offset)
+        for kp, offsets in self.skip.items():
+            block = block.filter(~((pl.col("kafka_partition") == kp) & pl.col("kafka_offset").is_in(list(offsets))))
         pieces = block.with_columns(self.pk_expr.alias("__pk")).partition_by("kafka_partition", "__pk", as_dict=True, maintain_order=True)
         for (kp, pk), rows in pieces.items():
-            table = rows.drop("__pk").to_arrow()
+            rows = rows.drop("__pk")
             writer = self._writers.get((kp, pk))
             if writer is None:
-                path = self._partial(kp, pk)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                writer = self._writers[(kp, pk)] = pq.ParquetWriter(path, table.schema, compression="zstd", compression_level=1)
-            writer.write_table(table)
+                writer = self._writers[(kp, pk)] = self.files.open_writer(arrow_table(rows).schema, pk)
+            writer.write(rows)
             self.counts[(kp, pk)] = self.counts.get((kp, pk), 0) + rows.height
             failpoint("ingest.mid_stage")
         self.rows += block.height
-        for kp, offset in block.group_by("kafka_partition").agg(pl.col("kafka_offset").max()).iter_rows():
-            self.last_offsets[kp] = max(self.last_offsets.get(kp, -1), offset)
 
-    def close(self, ends: dict[int, int]) -> dict[int, dict[str, int]]:
-        """Finish every file and name it `p{kp}-{start}-{end}.parquet`. Returns Bronze row counts by Kafka
-        partition, then Bronze partition key."""
+    def close(self) -> dict[int, dict[str, int]]:
+        """Finish every file. Returns Bronze row counts by Kafka partition, then Bronze partition key."""
         by_kp: dict[int, dict[str, int]] = {}
         for (kp, pk), writer in sorted(self._writers.items()):
             writer.close()
-            final = self._partial(kp, pk).with_name(f"p{kp}-{self.start[kp]:0{OFFSET_WIDTH}d}-{ends[kp]:0{OFFSET_WIDTH}d}.parquet")
-            self._partial(kp, pk).rename(final)
             by_kp.setdefault(kp, {})[pk] = self.counts[(kp, pk)]
         self._writers.clear()
         return by_kp
 
     def abort(self) -> None:
-        """Close open files after a failure (the staging directory is discarded by recovery)."""
+        """Close open files after a failure and remove what was written."""
         for writer in self._writers.values():
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 - best effort while an earlier error propagates
-                pass
+            writer.abort()
         self._writers.clear()
+        self.files.discard()

@@ -20,18 +20,29 @@ What is removed, per stream whose subject kind matches:
   rewritten Silver with the table's own builder and contract, and the warehouse days holding them are
   swapped from Gold with the load the warehouse assets use, rollups included.
 
-Only files holding the subject are rewritten; every other file is left untouched (same bytes, same mtime).
-Kafka cannot be erased by us: records stay in the source and dead-letter topics until their retention
-expires, and a re-ingest from offsets would bring them back (the ledger prevents one in normal operation).
+Only data files holding the subject are rewritten (one Delta commit per table: those files out, the rest of
+their rows in); every other file stays referenced as it was. Then every changed table is vacuumed with no
+retention, so no earlier version still holds the subject: time travel cannot bring it back. Lake tables keep
+no min/max statistics in their logs (`resources/delta.py`), and commit metadata holds counts only, so no log
+file names the subject. Kafka cannot be erased by us: records stay in the source and dead-letter topics until
+their retention expires (Bronze's committed offsets keep them from being read again).
 
-Safety: one erasure at a time (a platform lock), each holding the stream's ingest lock and the Silver, Gold
-and warehouse locks of the partitions it rewrites, so it never races an ingest or a materialization. New
-files are staged under `_erasure/<id>/`, committed by one atomic marker, then moved into place with
-`os.replace`; a crash before the marker leaves nothing changed, one after it is finished by the next erasure
-(`recover`). The audit log (`_audit/erasures.jsonl`, one JSON line per request, also for requests that find
-nothing) records who, what (the kind and a keyed hash of the id, never the id), when, the partitions
-touched and the rows removed per layer and table. Bronze and dead-letter rows removed count in the
-reconciliation (`medallion/summary.py`): consumed = Bronze + dead-letter + erased.
+Order and crashes: everything is planned first (replacement files written, uncommitted, Gold re-derived and
+checked by its contract), then committed derived layers first (Gold, the warehouse days, history,
+quarantine, Silver, dead-letter, Bronze), so a crash leaves the sources still holding the subject, and
+the same request run again finds it and finishes the job. An `_erasure/<id>.json` marker (kind and keyed
+hash only) says an erasure is under way; every commit records its erasure id and rows removed, so a crash
+mid-way still reconciles (`erased_source_rows`), and the next erasure writes the interrupted one's audit
+entry (marked `interrupted`) from its commits.
+
+Safety: one erasure at a time (a platform lock, and the `erasure` Dagster pool for the job), each holding
+the stream's ingest lock and the Silver, Gold and warehouse locks of the partitions it rewrites, so it never
+races an ingest or a materialization on this machine; elsewhere, a concurrent commit to a rewritten file
+makes the erasure's commit fail (CommitConflict) and the request stays pending. The audit log
+(`_audit/erasures/`, one JSON object per request, also for requests that find nothing) records who, what
+(the kind and a keyed hash of the id, never the id), when, the partitions touched and the rows removed per
+layer and table. Bronze and dead-letter rows removed count in the reconciliation (`medallion/summary.py`):
+consumed = Bronze + dead-letter + erased.
 """
 
 import getpass
@@ -40,13 +51,11 @@ import hmac
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -54,21 +63,20 @@ from pydantic import Field
 
 from assets import keys
 from assets.contracts.gate import apply_contract
-from assets.gold import gold_lock, gold_manifest, gold_source, silver_keys_for
+from assets.gold import gold_lock, gold_source
 from assets.history import HISTORY_TABLE, histories_lock
-from assets.partitions import key_from_dirname, window
+from assets.partitions import window
 from assets.silver import silver_lock
 from assets.spec import StreamSpec
 from assets.warehouse import day_gold_keys, load_day, warehouse_lock
+from resources.delta import PARTITION_COLUMN, DataFiles
 from resources.faults import failpoint
-from resources.lake import LakeResource, atomic_write_bytes
+from resources.lake import LakeResource, LakeTable, RowDelete, bronze_table, dead_letter_table
 from resources.pii import pii_key, pseudonymise
 from resources.warehouse import WarehouseResource
 
 AUDIT_LOG = "erasures"
 LAYERS = ("bronze", "dead_letter", "silver", "quarantine", "history", "gold", "warehouse")
-# Roll-forward order: sources first, so a crash never leaves a derived layer cleaner than its source.
-_ORDER = {"bronze": 0, "dead_letter": 1, "silver": 2, "quarantine": 3, "history": 3, "gold": 4}
 
 
 class ErasureError(Exception):
@@ -179,22 +187,27 @@ class _Match:
         return hit | self.by_lineage(layer, df) if layer == "quarantine" else hit
 
 
-# -- the plan: staged files, counts, locks --------------------------------------------------------------
+# -- planning: replacement files written, nothing committed -----------------------------------------
+@dataclass
+class _Change:
+    """One table's commit of an erasure, in commit order."""
+
+    order: int
+    layer: str
+    table: LakeTable
+    commit: Callable[[dict], int]  # metadata -> Delta version
+    removed: int
+    files: DataFiles  # the replacement files, written, not yet committed
+
+
 @dataclass
 class _Plan:
     lake: LakeResource
     erasure_id: str
     entry: dict  # the audit entry, completed as the plan is carried out
-    files: list[dict] = field(default_factory=list)  # {"rel", "stream", "source_rows", "pre"}
+    changes: list[_Change] = field(default_factory=list)
     warehouse: list[dict] = field(default_factory=list)  # {"stream", "table", "day", "gold_keys", "before"}
     rollups: list[dict] = field(default_factory=list)  # {"rollup", "month", "before"}: refreshed by the day loads
-
-    def state(self) -> dict:
-        return {"entry": self.entry, "files": self.files, "warehouse": self.warehouse, "rollups": self.rollups}
-
-    @property
-    def staging(self) -> Path:
-        return staging_root(self.lake) / self.erasure_id
 
     def count(self, layer: str, table: str, rows: int, partition: str) -> None:
         self.entry["removed"].setdefault(layer, {})[table] = self.entry["removed"].get(layer, {}).get(table, 0) + rows
@@ -202,174 +215,112 @@ class _Plan:
         if partition not in touched:
             touched.append(partition)
 
-    def stage(self, target: Path, stream: str, layer: str, data: pl.DataFrame | bytes, source_rows: int = 0) -> None:
-        rel = str(target.relative_to(self.lake.path))
-        staged = self.staging / "files" / rel
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, pl.DataFrame):
-            data.write_parquet(staged, compression="zstd", compression_level=1, statistics=True)
-        else:
-            staged.write_bytes(data)
-        with open(staged, "rb") as f:
-            os.fsync(f.fileno())
-        self.files.append({"rel": rel, "stream": stream, "layer": layer, "source_rows": source_rows, "pre": _fingerprint(target)})
+    def discard(self) -> None:
+        for c in self.changes:
+            c.files.discard()
+
+    def delete(self, layer: str, table: LakeTable, name: str, d: RowDelete | None) -> pl.DataFrame | None:
+        """Plan one table's row deletion; returns the rows it removes."""
+        if d is None:
+            return None
+        for pk, n in sorted(d.removed.items()):
+            self.count(layer, name, n, pk or "-")
+        self.changes.append(_Change(_ORDER[layer], layer, table, d.commit, sum(d.removed.values()), d.files))
+        return d.rows
 
 
-def staging_root(lake: LakeResource) -> Path:
-    return lake.path / "_erasure"
-
-
-def _fingerprint(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _updated_manifest(lake: LakeResource, layer: str, stream: str, table: str, pk: str, rows: pl.DataFrame, removed: int, erasure_id: str, base: dict | None = None) -> bytes:
-    manifest = dict(base if base is not None else (lake.manifest(layer, stream, table, pk) or {"partition": pk}))
-    old = lake.manifest(layer, stream, table, pk) or {}
-    manifest.update(
-        rows=rows.height,
-        schema={k: str(v) for k, v in rows.schema.items()},
-        erased_rows=old.get("erased_rows", 0) + removed,
-        erasures=[*old.get("erasures", []), erasure_id],
-    )
-    return json.dumps(manifest, indent=1, default=str).encode()
-
-
-def _files_with(frame_files: list[Path], expr: pl.Expr, columns: list[str]) -> set[str]:
-    """The files among `frame_files` with at least one row matching `expr` (reads only `columns`)."""
-    if not frame_files:
-        return set()
-    hits = (
-        pl.scan_parquet(frame_files, include_file_paths="__file")
-        .select(*columns, "__file")
-        .filter(expr)
-        .select("__file")
-        .unique()
-        .collect()
-    )
-    return set(hits["__file"].to_list())
+# Commit order: derived layers first, so a crash leaves the subject in the sources, where a new request finds it.
+_ORDER = {"gold": 0, "history": 1, "quarantine": 2, "silver": 3, "dead_letter": 4, "bronze": 5}
 
 
 def _plan_stream(plan: _Plan, spec: StreamSpec, m: _Match, locks: ExitStack, warehouse: WarehouseResource, say) -> None:
-    """Stage the rewritten Bronze, dead-letter, Silver, quarantine and Gold files of one stream, taking the
+    """Plan the rewrites of one stream's Bronze, dead-letter, Silver, quarantine, history and Gold, taking the
     locks of what it rewrites. The caller holds the stream's ingest lock."""
     lake, subj, name = plan.lake, spec.subject, spec.name
     removed = plan.entry["removed"]
     for layer in ("bronze", "dead_letter", "silver", "quarantine"):
         removed.setdefault(layer, {})[name] = 0
-    # Bronze: one file per Kafka offset range and partition; only those holding the subject are rewritten.
-    bronze_files = sorted(lake.bronze_dir(name).glob("pk=*/p*.parquet"))
+    # Bronze: only the data files holding the subject are rewritten (found by its columns first).
     key_cols = [subj.field, "kafka_key"] if m.by_key else [subj.field]
-    touched_pks: set[str] = set()
-    coords = []
-    for f in sorted(_files_with(bronze_files, m.expr("bronze"), key_cols)):
-        path = Path(f)
-        rows = pl.read_parquet(path)
-        hit = m.mask("bronze", rows)
-        keep = rows.filter(~hit)
-        coords.append(rows.filter(hit).select(LINEAGE["quarantine"]))
-        plan.stage(path, name, "bronze", keep, source_rows=rows.height - keep.height)
-        plan.count("bronze", name, rows.height - keep.height, _partition_key(spec, path.parent.name))
-        touched_pks.add(path.parent.name)
-    m.coords = pl.concat(coords) if coords else None
+    hits = plan.delete("bronze", bronze_table(name), name, lake.plan_delete(bronze_table(name), lambda df: m.mask("bronze", df), key_cols, m.expr("bronze")))
+    m.coords = hits.select(LINEAGE["quarantine"]) if hits is not None else None
+    bronze_pks = set(plan.entry["partitions"].get("bronze", {}).get(name, []))
     # Dead letter: few rows, matched in Python (the payload rule).
-    for path in sorted(lake.dead_letter_dir(name).glob("p*.parquet")):
-        rows = pl.read_parquet(path)
-        hit = m.mask("dead_letter", rows)
-        if hit.any():
-            keep = rows.filter(~hit)
-            plan.stage(path, name, "dead_letter", keep, source_rows=rows.height - keep.height)
-            plan.count("dead_letter", name, rows.height - keep.height, path.name)
+    plan.delete("dead_letter", dead_letter_table(name), name, lake.plan_delete(dead_letter_table(name), lambda df: m.mask("dead_letter", df)))
 
-    # Silver and quarantine partitions: those whose Bronze held the subject, and any that still hold it.
-    silver_dir, quarantine_dir = lake.table_dir("silver", name, "silver"), lake.table_dir("quarantine", name, "silver")
-    silver_files = sorted(silver_dir.glob("pk=*/data.parquet"))
-    touched_pks |= {Path(f).parent.name for f in _files_with(silver_files, m.expr("silver"), [subj.column])}
-    for path in sorted(quarantine_dir.glob("pk=*/data.parquet")):
-        q = pl.read_parquet(path)
-        if m.mask("quarantine", q).any():
-            touched_pks.add(path.parent.name)
+    # Silver and quarantine: the partitions whose Bronze held the subject (lineage), and any file still holding it.
+    silver_t, quarantine_t, history_t = LakeTable("silver", name, "silver"), LakeTable("quarantine", name, "silver"), LakeTable("silver", name, HISTORY_TABLE)
+    silver_rows = lake.plan_delete(silver_t, lambda df: m.mask("silver", df), [subj.column], m.expr("silver"), partitions=bronze_pks)
+    quarantine_rows = lake.plan_delete(quarantine_t, lambda df: m.mask("quarantine", df))
     # The history each partition hands to the next (e.g. a sensor's last readings) holds the subject too;
-    # histories are per subject, so nobody else's rows in it change.
-    # Any partition's history may carry the subject's rows (a sensor's last readings reach back for hours),
-    # so all of them are read, with no derivation running (it could carry rows on from a history read just
-    # before): by the subject column, and by lineage like Silver (a rotated PII key).
-    tables = {"silver": ("silver", "silver"), "quarantine": ("quarantine", "silver")}
+    # histories are per subject, so nobody else's rows in it change. Any partition's history may carry the
+    # subject's rows (a sensor's last readings reach back for hours), so all are read, with no derivation
+    # running (it could carry rows on from a history read just before).
+    history_rows = None
     if spec.history is not None and subj.column in spec.history.columns:
         locks.enter_context(histories_lock(lake, spec, exclusive=True))
-        tables["history"] = ("silver", HISTORY_TABLE)
         removed.setdefault("history", {})[name] = 0
-        for path in sorted(lake.table_dir("silver", name, HISTORY_TABLE).glob("pk=*/data.parquet")):
-            if m.mask("silver", pl.read_parquet(path)).any():
-                touched_pks.add(path.parent.name)
-    partitions = sorted(_partition_key(spec, d) for d in touched_pks)
+        history_rows = lake.plan_delete(history_t, lambda df: m.mask("silver", df))
+    partitions = sorted({pk for d in (silver_rows, quarantine_rows, history_rows) if d is not None for pk in d.removed})
     for pk in partitions:
         locks.enter_context(silver_lock(lake, spec, pk))  # also held while a partition's history is written
-    new_silver: dict[str, pl.DataFrame] = {}  # rewritten Silver partitions
-    for pk in partitions:
-        for layer, (stored_layer, table_name) in tables.items():
-            path = lake.partition_file(stored_layer, name, table_name, pk)
-            if not path.exists():
-                continue
-            rows = pl.read_parquet(path)
-            keep = rows.filter(~m.mask("silver" if layer == "history" else layer, rows))
-            gone = rows.height - keep.height
-            if not gone:
-                continue
-            if layer == "silver":
-                new_silver[pk] = keep
-            plan.stage(path, name, layer, keep)
-            plan.stage(path.with_name("_manifest.json"), name, layer, _updated_manifest(lake, stored_layer, name, table_name, pk, keep, gone, plan.erasure_id))
-            plan.count(layer, name, gone, pk)
+    plan.delete("silver", silver_t, name, silver_rows)
+    plan.delete("quarantine", quarantine_t, name, quarantine_rows)
+    plan.delete("history", history_t, name, history_rows)
+    rewritten = sorted(silver_rows.removed) if silver_rows is not None else []
 
     # Gold: every published partition fed by a rewritten Silver partition, or holding the subject itself,
-    # re-derived by the table's builder from the rewritten Silver and checked by its contract.
+    # re-derived by the table's builder from Silver without the subject, and checked by its contract.
     for table in spec.gold:
-        wh_table = keys.warehouse_table(spec, table)
-        removed.setdefault("gold", {})[wh_table] = 0
-        published = set(lake.published_keys("gold", name, table.name))  # directory form (no colon)
-        gold_pks = set()
-        for pk in new_silver:
-            start, _ = window(spec.partitions, pk)
-            gold_pks.add(table.partitions.get_partition_key_for_timestamp(start.timestamp()))
-        gold_files = sorted(lake.table_dir("gold", name, table.name).glob("pk=*/data.parquet"))
-        if gold_files and subj.column in pl.read_parquet_schema(gold_files[0]):
-            gold_pks |= {key_from_dirname(table.partitions, Path(f).parent.name) for f in _files_with(gold_files, m.expr("gold"), [subj.column])}
-        gold_pks = sorted(pk for pk in gold_pks if pk.replace(":", "") in published)
-        for gpk in gold_pks:
-            locks.enter_context(gold_lock(lake, spec, table, gpk))
-        for gpk in gold_pks:
-            source_keys = silver_keys_for(spec, table, gpk)
-            frames = [new_silver[k] if k in new_silver else lake.read("silver", name, "silver", [k]) for k in source_keys]
-            frames = [f for f in frames if f is not None]
-            silver_rows = pl.concat(frames, how="vertical_relaxed") if frames else gold_source(spec, table, lake, gpk)[1]
-            rows = table.build(silver_rows)
-            verdict = apply_contract(rows, table.contract)
-            if not verdict.ok:
-                raise ErasureError(
-                    f"gold_{name}_{table.name} {gpk} re-derived without the subject fails {table.contract.__name__} "
-                    f"({verdict.failure_counts} {verdict.schema_errors}); nothing was changed"
-                )
-            path = lake.partition_file("gold", name, table.name, gpk)
-            before = pl.scan_parquet(path).select(pl.len()).collect().item()
-            gone = before - rows.height
-            plan.stage(path, name, "gold", rows)
-            manifest = _updated_manifest(lake, "gold", name, table.name, gpk, rows, gone, plan.erasure_id, base=gold_manifest(gpk, source_keys, silver_rows))
-            plan.stage(path.with_name("_manifest.json"), name, "gold", manifest)
-            plan.count("gold", wh_table, gone, gpk)
+        _plan_gold(plan, spec, table, m, rewritten, locks, warehouse)
+    planned = [c for c in plan.changes if c.table.stream == name]
+    if planned:
+        say(f"{name}: {len(planned)} table(s) to rewrite, Silver partitions {', '.join(rewritten) or '-'}")
+
+
+def _plan_gold(plan: _Plan, spec: StreamSpec, table, m: _Match, rewritten: list[str], locks: ExitStack, warehouse: WarehouseResource) -> None:
+    lake, name = plan.lake, spec.name
+    wh_table = keys.warehouse_table(spec, table)
+    plan.entry["removed"].setdefault("gold", {})[wh_table] = 0
+    gold_t = LakeTable("gold", name, table.name)
+    published = lake.partition_rows("gold", name, table.name)
+    gold_pks = {table.partitions.get_partition_key_for_timestamp(window(spec.partitions, pk)[0].timestamp()) for pk in rewritten}
+    dt = lake.open(gold_t)
+    if dt is not None and spec.subject.column in [f.name for f in dt.schema().fields]:
+        holding = pl.scan_delta(dt).filter(m.expr("gold")).select(PARTITION_COLUMN).unique().collect()
+        gold_pks |= set(holding[PARTITION_COLUMN].to_list())
+    gold_pks = sorted(pk for pk in gold_pks if pk in published)
+    for gpk in gold_pks:
+        locks.enter_context(gold_lock(lake, spec, table, gpk))
+    if not gold_pks:
         _plan_warehouse(plan, spec, table, m, gold_pks, locks, warehouse)
-    staged = [f for f in plan.files if f["stream"] == name]
-    if staged:
-        say(f"{name}: {len(staged)} file(s) to rewrite, Silver partitions {', '.join(partitions) or '-'}")
+        return
+    files = lake.data_files(gold_t)
+    gone_total = 0
+    for gpk in gold_pks:
+        source_keys, silver_rows = gold_source(spec, table, lake, gpk)
+        silver_rows = silver_rows.filter(~m.mask("silver", silver_rows))
+        rows = table.build(silver_rows)
+        verdict = apply_contract(rows, table.contract)
+        if not verdict.ok:
+            raise ErasureError(
+                f"gold_{name}_{table.name} {gpk} re-derived without the subject fails {table.contract.__name__} "
+                f"({verdict.failure_counts} {verdict.schema_errors}); nothing was changed"
+            )
+        files.write(rows, gpk)
+        gone = published[gpk] - rows.height
+        gone_total += gone
+        plan.count("gold", wh_table, gone, gpk)
 
+    def commit(metadata: dict) -> int:
+        try:
+            return lake.commit(gold_t, files, replace=gold_pks, metadata=metadata)
+        except BaseException:
+            files.discard()
+            raise
 
-def _partition_key(spec: StreamSpec, dirname: str) -> str:
-    """`pk=2026-11-20-0500` -> `2026-11-20-05:00` (directory names drop the colon)."""
-    return key_from_dirname(spec.partitions, dirname)
+    plan.changes.append(_Change(_ORDER["gold"], "gold", gold_t, commit, gone_total, files))
+    _plan_warehouse(plan, spec, table, m, gold_pks, locks, warehouse)
 
 
 def _sql_str(value: str) -> str:
@@ -414,41 +365,48 @@ def _partition_rows(warehouse: WarehouseResource, table: str, partition_id: str)
     return int(n.column("n")[0].as_py())
 
 
-# -- commit, roll forward, recovery ------------------------------------------------------------------
-def _commit(plan: _Plan) -> None:
-    """Write the plan, then the commit marker: from here on the erasure will be finished, even after a crash."""
-    state = plan.state()
-    atomic_write_bytes(plan.staging / "plan.json", json.dumps(state, default=str).encode())
-    failpoint("erasure.before_commit")
-    atomic_write_bytes(plan.staging / "COMMITTED", b"")
-    failpoint("erasure.after_commit")
+# -- carrying it out: commits in order, the warehouse, vacuum, audit ----------------------------------
+MARKERS = "_erasure"
 
 
-def _roll_forward(lake: LakeResource, staging: Path, files: list[dict]) -> list[str]:
-    """Move staged files into place, sources first. A target changed since it was planned (a run rewrote it
-    after a crash) is left alone and reported: the erasure must be requested again for it."""
-    stale = []
-    for f in sorted(files, key=lambda f: _ORDER[f["layer"]]):
-        src, dst = staging / "files" / f["rel"], lake.path / f["rel"]
-        if not src.exists():
-            continue  # moved before a crash
-        if _fingerprint(dst) != f["pre"]:
-            stale.append(f["rel"])
-            continue
-        os.replace(src, dst)
-        failpoint("erasure.mid_roll_forward")
-    return stale
+def _commit_metadata(erasure_id: str, layer: str, removed: int) -> dict:
+    return {"operation": ERASE, "erasure_id": erasure_id, "layer": layer, "removed": removed}
 
 
-def _finish(lake: LakeResource, warehouse: WarehouseResource, streams, state: dict, staging: Path, say) -> dict:
-    """Roll forward, swap the warehouse days, append the audit entry, drop the staging directory."""
-    entry = state["entry"]
-    stale = _roll_forward(lake, staging, state["files"])
-    if stale:
-        entry["stale_files"] = stale
-        say(f"erasure {entry['erasure_id']}: {len(stale)} file(s) changed since planned; request the erasure again")
+ERASE = "erase"
+
+
+def _carry_out(lake: LakeResource, warehouse: WarehouseResource, streams, plan: _Plan, say) -> dict:
+    entry = plan.entry
     by_name = {s.name: s for s in streams}
-    for w in state["warehouse"]:
+    marker = {"erasure_id": plan.erasure_id, "subject": entry["subject"], "started_at": entry["requested_at"],
+              "versions": {t.name: lake.version(t) for t in {c.table for c in plan.changes}}}  # fmt: skip
+    lake.put_object(f"{MARKERS}/{plan.erasure_id}.json", json.dumps(marker, default=str).encode())
+    failpoint("erasure.before_commit")
+    changes = sorted(plan.changes, key=lambda c: c.order)
+    warehouse_done = False
+    for change in changes:
+        if change.order > _ORDER["gold"] and not warehouse_done:
+            _reload_warehouse(lake, warehouse, by_name, plan)
+            warehouse_done = True
+        change.commit(_commit_metadata(plan.erasure_id, change.layer, change.removed))
+        failpoint("erasure.mid_commits")
+    if not warehouse_done:
+        _reload_warehouse(lake, warehouse, by_name, plan)
+    failpoint("erasure.before_vacuum")
+    for t in sorted({c.table for c in changes}, key=lambda t: t.name):
+        lake.vacuum_all_versions(t)
+    entry["total_removed"] = sum(n for tables in entry["removed"].values() for n in tables.values())
+    entry["finished_at"] = _now()
+    lake.append_audit(AUDIT_LOG, entry)
+    failpoint("erasure.after_audit")
+    lake.delete_object(f"{MARKERS}/{plan.erasure_id}.json")
+    return entry
+
+
+def _reload_warehouse(lake: LakeResource, warehouse: WarehouseResource, by_name: dict, plan: _Plan) -> None:
+    entry = plan.entry
+    for w in plan.warehouse:
         spec = by_name[w["stream"]]
         table = next(t for t in spec.gold if t.name == w["table"])
         name = keys.warehouse_table(spec, table)
@@ -456,59 +414,54 @@ def _finish(lake: LakeResource, warehouse: WarehouseResource, streams, state: di
         entry["removed"]["warehouse"][name] += w["before"] - after
         entry["partitions"].setdefault("warehouse", {}).setdefault(name, []).append(w["day"])
         failpoint("erasure.mid_warehouse")
-    for r in state["rollups"]:
+    for r in plan.rollups:
         entry["removed"]["warehouse"][r["rollup"]] += r["before"] - _partition_rows(warehouse, r["rollup"], r["month"])
         entry["partitions"]["warehouse"].setdefault(r["rollup"], []).append(r["month"])
-    entry["total_removed"] = sum(n for tables in entry["removed"].values() for n in tables.values())
-    entry["finished_at"] = _now()
-    if not any(e.get("erasure_id") == entry["erasure_id"] for e in lake.read_audit(AUDIT_LOG)):
-        lake.append_audit(AUDIT_LOG, entry)
-    failpoint("erasure.after_audit")
-    shutil.rmtree(staging, ignore_errors=True)
-    return entry
 
 
-def _plan_locks(lake: LakeResource, streams, state: dict, locks: ExitStack) -> None:
-    """The locks of a committed plan, in the order an erasure takes them (each once: flock waits on itself)."""
-    by_name = {s.name: s for s in streams}
-    for n in sorted({f["stream"] for f in state["files"]} | {w["stream"] for w in state["warehouse"]}):
-        locks.enter_context(lake.stream_lock(n))
-    for n in sorted({f["stream"] for f in state["files"] if f["layer"] == "history"}):
-        locks.enter_context(histories_lock(lake, by_name[n], exclusive=True))
-    silver, gold = set(), set()
-    for f in state["files"]:
-        rel = Path(f["rel"])  # <layer>/<stream>/<table>/pk=<key>/<file>
-        if f["layer"] in ("silver", "quarantine", "history"):
-            silver.add((f["stream"], _partition_key(by_name[f["stream"]], rel.parent.name)))
-        elif f["layer"] == "gold":
-            gold.add((f["stream"], rel.parts[2], rel.parent.name))
-    for stream, pk in sorted(silver):
-        locks.enter_context(silver_lock(lake, by_name[stream], pk))
-    for stream, table_name, dirname in sorted(gold):
-        table = next(t for t in by_name[stream].gold if t.name == table_name)
-        locks.enter_context(gold_lock(lake, by_name[stream], table, key_from_dirname(table.partitions, dirname)))
-    for w in state["warehouse"]:
-        spec = by_name[w["stream"]]
-        locks.enter_context(warehouse_lock(lake, spec, next(t for t in spec.gold if t.name == w["table"]), w["day"]))
+def _markers(lake: LakeResource) -> list[dict]:
+    out = []
+    for n in lake.list_objects(MARKERS):
+        body = lake.get_object(f"{MARKERS}/{n}")
+        if body is not None:  # finished and removed while we looked
+            out.append(json.loads(body))
+    return out
+
+
+def _committed_by(lake: LakeResource, marker: dict, streams) -> list[tuple[LakeTable, dict]]:
+    """The commits an interrupted erasure made: (table, commit metadata)."""
+    out = []
+    for t in lake.tables(streams):
+        since = marker["versions"].get(t.name)
+        for _, meta in lake.commits(t, since_version=(since + 1) if since is not None else 0, operation=ERASE):
+            if meta.get("erasure_id") == marker["erasure_id"]:
+                out.append((t, meta))
+    return out
 
 
 def recover(lake: LakeResource, warehouse: WarehouseResource, streams, say=lambda *_: None) -> list[str]:
-    """Finish committed erasures a crash interrupted; discard uncommitted ones. The caller holds the erasure lock."""
+    """Close erasures a crash interrupted: vacuum what they committed and write their audit entry (marked
+    `interrupted`, with what they removed). What they did not reach is still in the sources: the same request
+    run again finishes it. The caller holds the erasure lock."""
     actions = []
-    root = staging_root(lake)
-    if not root.exists():
-        return actions
-    for staging in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not (staging / "COMMITTED").exists():
-            shutil.rmtree(staging, ignore_errors=True)
-            actions.append(f"discarded uncommitted erasure {staging.name}")
-            continue
-        state = json.loads((staging / "plan.json").read_text())
-        state["entry"]["recovered"] = True
-        with ExitStack() as locks:
-            _plan_locks(lake, streams, state, locks)
-            _finish(lake, warehouse, streams, state, staging, say)
-        actions.append(f"finished committed erasure {staging.name}")
+    for marker in _markers(lake):
+        done = _committed_by(lake, marker, streams)
+        if done:
+            removed: dict = {layer: {} for layer in LAYERS}
+            for t, meta in done:
+                name = t.stream if meta["layer"] != "gold" else t.table
+                removed[meta["layer"]][name] = removed[meta["layer"]].get(name, 0) + meta["removed"]
+                lake.vacuum_all_versions(t)
+            entry = {
+                "event": "erasure", "erasure_id": marker["erasure_id"], "subject": marker["subject"], "requested_at": marker["started_at"],
+                "interrupted": True, "removed": removed, "total_removed": sum(n for v in removed.values() for n in v.values()), "finished_at": _now(),
+            }  # fmt: skip
+            if not any(e.get("erasure_id") == marker["erasure_id"] for e in lake.read_audit(AUDIT_LOG)):
+                lake.append_audit(AUDIT_LOG, entry)
+            actions.append(f"closed interrupted erasure {marker['erasure_id']} ({entry['total_removed']} rows removed before it stopped; request it again to finish)")
+        else:
+            actions.append(f"discarded interrupted erasure {marker['erasure_id']} (it had changed nothing)")
+        lake.delete_object(f"{MARKERS}/{marker['erasure_id']}.json")
     for a in actions:
         say(a)
     return actions
@@ -568,44 +521,38 @@ def erase(
                     _plan_stream(plan, spec, _Match(spec, subject.id, value), locks, warehouse, say)
                 if recovered:
                     entry["recovered_before"] = recovered
-                if plan.files or plan.warehouse:
-                    _commit(plan)
-                    result = _finish(lake, warehouse, streams, plan.state(), plan.staging, say)
+                if plan.changes or plan.warehouse:
+                    result = _carry_out(lake, warehouse, streams, plan, say)
                 else:
                     entry["total_removed"] = 0
                     entry["finished_at"] = _now()
                     lake.append_audit(AUDIT_LOG, entry)
                     result = entry
         except BaseException:
-            if not (plan.staging / "COMMITTED").exists():
-                shutil.rmtree(plan.staging, ignore_errors=True)
+            if not lake.get_object(f"{MARKERS}/{erasure_id}.json"):
+                plan.discard()  # planned, never committed: its replacement files go (vacuum would remove them too)
             raise
     say(f"erasure {erasure_id} of {subject.kind} {short}…: {result['total_removed']} rows removed")
     return result
 
 
-def erased_source_rows(lake: LakeResource, stream: str) -> int:
-    """Bronze + dead-letter rows erasures removed from `stream`: finished ones (audit log) and files already
-    moved into place by a committed erasure not finished yet (a crash, or one running now)."""
-    # Committed plans first, the audit log second: an erasure that finishes in between is then counted
-    # once, from the log (read the other way round it would be missed).
-    plans = []
-    root = staging_root(lake)
-    for staging in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
-        try:
-            if (staging / "COMMITTED").exists():
-                plans.append((staging, json.loads((staging / "plan.json").read_text())))
-        except (FileNotFoundError, ValueError):  # finished and removed while we looked
-            continue
+def erased_source_rows(lake: LakeResource, stream: str, streams=None) -> int:
+    """Bronze + dead-letter rows erasures removed from `stream`: finished ones (audit log) and the commits of
+    an erasure under way or interrupted (its marker, then its commits)."""
+    if streams is None:
+        from assets.streams import STREAMS as streams
+    # Markers first, the audit log second: an erasure that finishes in between is then counted once, from
+    # the log (read the other way round it would be missed).
+    markers = _markers(lake)
     total, audited = 0, set()
     for e in lake.read_audit(AUDIT_LOG):
         if e.get("event") == "erasure":
             audited.add(e["erasure_id"])
             total += e["removed"].get("bronze", {}).get(stream, 0) + e["removed"].get("dead_letter", {}).get(stream, 0)
-    for staging, state in plans:
-        if state["entry"]["erasure_id"] not in audited:
-            moved = [f for f in state["files"] if f["stream"] == stream and not (staging / "files" / f["rel"]).exists()]
-            total += sum(f["source_rows"] for f in moved)
+    sources = {bronze_table(stream).name, dead_letter_table(stream).name}
+    for marker in markers:
+        if marker["erasure_id"] not in audited:
+            total += sum(meta["removed"] for t, meta in _committed_by(lake, marker, streams) if t.name in sources)
     return total
 
 
@@ -616,10 +563,6 @@ def erased_source_rows(lake: LakeResource, stream: str) -> int:
 REQUESTS = "_erasure_requests"
 
 
-def requests_dir(lake: LakeResource) -> Path:
-    return lake.path / REQUESTS
-
-
 def submit_request(lake: LakeResource, subject: Subject, requested_by: str | None = None) -> str:
     """File an erasure request for the `erase_subject` job; returns its id (safe to show and log)."""
     from assets.streams import STREAMS
@@ -627,34 +570,25 @@ def submit_request(lake: LakeResource, subject: Subject, requested_by: str | Non
     if subject.kind not in subject_kinds(STREAMS):
         raise ErasureError(f"unknown subject kind {subject.kind!r}: streams declare {sorted(subject_kinds(STREAMS))}")
     request_id = uuid.uuid4().hex[:16]
-    folder = requests_dir(lake)
-    folder.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"subject": f"{subject.kind}:{subject.id}", "requested_by": requested_by or default_requester(), "submitted_at": _now()})
-    tmp = folder / f".{request_id}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the raw id: owner only
-    with os.fdopen(fd, "w") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / f"{request_id}.json")
+    lake.put_object(f"{REQUESTS}/{request_id}.json", body.encode(), private=True)  # it holds the raw id: owner only
     return request_id
 
 
 def pending_requests(lake: LakeResource) -> list[str]:
-    folder = requests_dir(lake)
-    return sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+    return [n.removesuffix(".json") for n in lake.list_objects(REQUESTS)]
 
 
 def process_request(lake: LakeResource, warehouse: WarehouseResource, request_id: str, streams=None, via: str = "dagster", say=lambda *_: None) -> dict:
     """Erase what a filed request names, then delete the request (its id is then nowhere on disk)."""
     if not re.fullmatch(r"[0-9a-f]{16}", request_id):
         raise ErasureError(f"not an erasure request id: {request_id!r}")
-    path = requests_dir(lake) / f"{request_id}.json"
-    if not path.exists():
+    body = lake.get_object(f"{REQUESTS}/{request_id}.json")
+    if body is None:
         raise ErasureError(f"no pending erasure request {request_id} (already processed, or never filed)")
-    request = json.loads(path.read_text())
+    request = json.loads(body)
     result = erase(Subject.parse(request["subject"]), lake, warehouse, streams, request["requested_by"], via=via, say=say)
-    path.unlink()
+    lake.delete_object(f"{REQUESTS}/{request_id}.json")
     return {**result, "request_id": request_id}
 
 

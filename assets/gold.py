@@ -11,10 +11,10 @@ from assets.automation import FOLLOW_PARENTS, FOLLOW_PARENTS_ALLOW_GAPS
 from assets.bronze import empty_bronze
 from assets.contracts.gate import apply_contract
 from assets.partitions import window
-from assets.promotion import check_result, contract_check_spec, sample_markdown
+from assets.promotion import check_result, contract_check_spec, lake_metadata, sample_markdown
 from assets.silver import derive_silver_rows
 from assets.spec import GoldTable, SilverContext, StreamSpec
-from resources.lake import LakeResource
+from resources.lake import LakeResource, LakeTable
 from resources.spark import SparkEngine
 from resources.pii import pii_key
 from resources.settings import PIPELINE_VERSION
@@ -31,10 +31,11 @@ def gold_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_
     return lake.stream_lock(spec.name, f"gold-{table.name}-{partition_key.replace(':', '')}")
 
 
-def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str) -> tuple[list[str], pl.DataFrame]:
-    """(the Silver partitions a Gold partition reads, their published rows; an empty Silver frame if none)."""
+def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str, version: int | None = None) -> tuple[list[str], pl.DataFrame]:
+    """(the Silver partitions a Gold partition reads, their rows in Silver `version` (default: the latest);
+    an empty Silver frame if none)."""
     source_keys = silver_keys_for(spec, table, partition_key)
-    silver_rows = lake.read("silver", spec.name, "silver", source_keys)
+    silver_rows = lake.read("silver", spec.name, "silver", source_keys, version=version)
     if silver_rows is None:
         ctx = SilverContext(partition_key, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
         silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
@@ -59,7 +60,7 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         check_specs=[contract_check_spec(key, f"pandera {table.contract.__name__}: all rows or nothing is published.")],
         output_required=False,
         group_name=keys.group(spec, "gold"),
-        kinds={"polars", "parquet", "pandera"},
+        kinds={"polars", "delta", "pandera"},
         freshness_policy=table.freshness,
         owners=list(spec.owners),
         description=table.description,
@@ -69,7 +70,8 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         # Read Silver and publish under one lock, so an erasure (which rewrites Silver and re-derives this
         # partition under the same lock) is never overwritten by rows read before it.
         with gold_lock(lake, spec, table, pk):
-            source_keys, silver_rows = gold_source(spec, table, lake, pk)
+            silver_version = lake.version(LakeTable("silver", spec.name, "silver"))  # one snapshot, recorded
+            source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version)
             engine = "spark" if spec.uses_spark(table.spark_build, silver_rows.height, spark.min_rows) else "polars"
             rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
             verdict = apply_contract(rows, table.contract)
@@ -80,7 +82,7 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
             if not verdict.ok:
                 context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
                 return
-            lake.publish("gold", spec.name, table.name, pk, rows, gold_manifest(pk, source_keys, silver_rows))
+            version = lake.publish("gold", spec.name, table.name, pk, rows, {**gold_manifest(pk, source_keys, silver_rows), "silver_version": silver_version})
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={
@@ -88,7 +90,7 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
                 "silver_rows": silver_rows.height,
                 "silver_partitions_read": len(source_keys),
                 "engine": engine,
-                "path": str(lake.partition_file("gold", spec.name, table.name, pk)),
+                **lake_metadata(lake, LakeTable("gold", spec.name, table.name), version, {LakeTable("silver", spec.name, "silver").name: silver_version}),
             },
         )
 

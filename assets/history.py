@@ -1,6 +1,6 @@
 """The history a Silver partition hands to the next (`StreamSpec.history`), and how a change to it is told.
 
-Stored beside Silver as the lake table `silver/<stream>/history`, one partition per Silver partition. Each
+Stored beside Silver as the Delta table `history_<stream>` (`silver/<stream>/history`), one partition per Silver partition. Each
 Silver derivation logs an `AssetObservation` on its partition recording the history it started from
 (`context_partition`, `context_hash`) and the one it handed on (`history_hash`, `history_changed`). The
 `history_<stream>` sensor reads these: when a partition's history changed, the next partition with data is
@@ -17,7 +17,7 @@ import dagster as dg
 import polars as pl
 
 from assets import keys
-from assets.partitions import key_from_dirname, window
+from assets.partitions import window
 from assets.spec import StreamSpec
 from resources.lake import LakeResource
 
@@ -48,7 +48,7 @@ def histories_lock(lake: LakeResource, spec: StreamSpec, exclusive: bool = False
 
 def history_keys(spec: StreamSpec, lake: LakeResource) -> list[str]:
     """Partition keys with a stored history, oldest first."""
-    return [key_from_dirname(spec.partitions, d) for d in lake.published_keys("silver", spec.name, HISTORY_TABLE)]
+    return lake.published_keys("silver", spec.name, HISTORY_TABLE)
 
 
 def history_before(spec: StreamSpec, lake: LakeResource, partition_key: str) -> tuple[str | None, pl.DataFrame | None]:
@@ -68,12 +68,12 @@ def later_with_data(spec: StreamSpec, lake: LakeResource, partition_key: str) ->
     _, end = window(spec.partitions, partition_key)
     limit = end + spec.history.lookback
     candidates = set(lake.bronze_partition_keys(spec.name)) | set(lake.published_keys("silver", spec.name, "silver"))
-    later = sorted(k for k in (key_from_dirname(spec.partitions, d) for d in candidates) if k > partition_key)
+    later = sorted(k for k in candidates if k > partition_key)
     return [k for k in later if window(spec.partitions, k)[0] < limit]
 
 
 def has_history(spec: StreamSpec, lake: LakeResource, partition_key: str) -> bool:
-    return lake.partition_file("silver", spec.name, HISTORY_TABLE, partition_key).exists()
+    return lake.is_published("silver", spec.name, HISTORY_TABLE, partition_key)
 
 
 def latest_observation(instance: dg.DagsterInstance, spec: StreamSpec, partition_key: str) -> dict | None:

@@ -57,3 +57,15 @@ def check_result(
         metadata=metadata,
         description=None if passed else f"not published: {failed_rows}/{total_rows} rows failed ({json.dumps(failure_counts)})",
     )
+
+
+LAKE_VERSION = "lake/version"  # the Delta version a materialization published (or, for Bronze, committed)
+
+
+def lake_metadata(lake, table, version: int | None, sources: dict[str, int | None]) -> dict:
+    """Where a materialization published, as which Delta version, and which versions of its inputs it read
+    (re-reading those versions repeats the derivation)."""
+    out = {"lake/table": table.name, "lake/uri": lake.table_uri(table), "lake/sources": dg.MetadataValue.json(sources)}
+    if version is not None:
+        out[LAKE_VERSION] = version
+    return out

@@ -21,7 +21,8 @@ from assets.promotion import check_result, contract_check_spec, sample_markdown
 from assets.spec import SilverContext, StreamSpec
 from assets.transforms.dedup import derive_silver
 from resources.faults import failpoint
-from resources.lake import LakeResource
+from assets.promotion import lake_metadata
+from resources.lake import LakeResource, LakeTable, bronze_table
 from resources.spark import SparkEngine
 from resources.pii import pii_key, pseudonymise
 from resources.settings import PIPELINE_VERSION
@@ -64,7 +65,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
         ],
         output_required=False,
         group_name=keys.group(spec, "silver"),
-        kinds={"polars", "parquet", "pandera"},
+        kinds={"polars", "delta", "pandera"},
         owners=list(spec.owners),
         description=f"{spec.description}: typed, validated, deduplicated and enriched; quarantine beside it.",
     )
@@ -76,7 +77,8 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
             held.enter_context(silver_lock(lake, spec, pk))
             # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it
             # only for the rows set aside.
-            bronze = lake.read_bronze(spec.name, pk, exclude=["payload"])
+            bronze_version = lake.version(bronze_table(spec.name))  # one snapshot: the run reads it, records it
+            bronze = lake.read_bronze(spec.name, pk, exclude=["payload"], version=bronze_version)
             if bronze is None:  # an hour without data (e.g. in a backfill range) derives to an empty partition
                 context.log.info(f"Bronze partition {pk} of {spec.name} has no data")
                 bronze = empty_bronze(spec).drop("payload")
@@ -101,7 +103,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                     *[pseudonymise(set_aside[f], key_for_pii) for f in spec.pii_fields], pl.lit(None, pl.String).alias("payload")
                 ).select(quarantine_columns(spec))
             else:
-                quarantine = lake.attach_bronze_payloads(spec.name, pk, set_aside).select(quarantine_columns(spec))
+                quarantine = lake.attach_bronze_payloads(spec.name, pk, set_aside, version=bronze_version).select(quarantine_columns(spec))
             lake.publish("quarantine", spec.name, "silver", pk, quarantine, {"partition": pk, "source_rows": bronze.height})
             final = apply_contract(out.rows, spec.silver_contract)
             failure_rate = quarantine.height / bronze.height if bronze.height else 0.0
@@ -125,8 +127,9 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                 )
                 return
             rows_changed = config.publish_unchanged or not _same_as_published(lake, spec, pk, out.rows)
+            version = None
             if rows_changed:
-                lake.publish(
+                version = lake.publish(
                     "silver", spec.name, "silver", pk, out.rows,
                     {"partition": pk, "bronze_rows": bronze.height, "quarantined": quarantine.height, "pipeline_version": PIPELINE_VERSION},
                 )  # fmt: skip
@@ -144,7 +147,7 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                     "anomalies": int(out.rows["is_anomaly"].sum()) if "is_anomaly" in out.rows.columns else 0,
                     "context_rows": 0 if context_rows is None else context_rows.height,
                     "engine": engine,
-                    "path": str(lake.partition_file("silver", spec.name, "silver", pk)),
+                **lake_metadata(lake, LakeTable("silver", spec.name, "silver"), version, {bronze_table(spec.name).name: bronze_version}),
                     **lineage,
                 },
             )
@@ -167,7 +170,7 @@ def _hand_on_history(context, spec: StreamSpec, lake: LakeResource, pk: str, con
     last = latest_observation(context.instance, spec, pk)
     # Compared with what was last announced, not with the stored file: a crash between storing and
     # announcing must still announce.
-    changed = last is None or last.get(HISTORY_HASH) != digest or not lake.partition_file("silver", spec.name, HISTORY_TABLE, pk).exists()
+    changed = last is None or last.get(HISTORY_HASH) != digest or not lake.is_published("silver", spec.name, HISTORY_TABLE, pk)
     if changed:
         lake.publish("silver", spec.name, HISTORY_TABLE, pk, handed_on, {"partition": pk, "context_partition": context_pk})
     lineage = {CONTEXT_PARTITION: context_pk or "-", CONTEXT_HASH: frame_hash(context_rows), HISTORY_HASH: digest}

@@ -12,7 +12,7 @@ from assets import keys
 from assets.automation import FOLLOW_GOLD
 from assets.partitions import window
 from assets.spec import GoldTable, StreamSpec
-from resources.lake import LakeResource
+from resources.lake import LakeResource, LakeTable
 from resources.warehouse import WarehouseResource
 
 
@@ -64,12 +64,12 @@ def warehouse_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, day_i
     return lake.stream_lock(spec.name, f"warehouse-{keys.warehouse_table(spec, table)}-{day_id}")
 
 
-def load_day(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, day_id: str, gold_keys: list[str]) -> int:
-    """Swap one day of the table for the Gold partitions of that day, then refresh its rollups' month.
-    The caller holds `warehouse_lock` for the day. Returns the rows loaded."""
+def load_day(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, day_id: str, gold_keys: list[str], gold_version: int | None = None) -> int:
+    """Swap one day of the table for the Gold partitions of that day (as of Gold `gold_version`, default the
+    latest), then refresh its rollups' month. The caller holds `warehouse_lock` for the day. Returns the rows loaded."""
     name = keys.warehouse_table(spec, table)
     warehouse.ensure_tables(all_ddl(spec, table))
-    rows = lake.read("gold", spec.name, table.name, gold_keys)
+    rows = lake.read("gold", spec.name, table.name, gold_keys, version=gold_version)
     loaded = warehouse.replace_partition(name, day_id, load_frame(table, rows)) if rows is not None else warehouse.drop_partition(name, day_id)
     # A partition swap fires no materialized view: re-run each rollup's view query for its month.
     month_id = day_id[:6]
@@ -98,8 +98,10 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
     def load(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource):
         day_id, gold_keys = day_gold_keys(table, context.partition_key)
         # Read and swap under one lock: two hours of the same day loading at once must not lose either.
+        gold = LakeTable("gold", spec.name, table.name)
         with warehouse_lock(lake, spec, table, day_id):
-            loaded = load_day(spec, table, lake, warehouse, day_id, gold_keys)
+            gold_version = lake.version(gold)  # one snapshot of Gold: recorded, so the load can be repeated
+            loaded = load_day(spec, table, lake, warehouse, day_id, gold_keys, gold_version)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": loaded,
@@ -107,6 +109,7 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
                 "clickhouse_partition": day_id,
                 "gold_partitions_in_day": len(gold_keys),
                 "warehouse": warehouse.mode,
+                "lake/sources": dg.MetadataValue.json({gold.name: gold_version}),
             }
         )
 

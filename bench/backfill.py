@@ -35,7 +35,7 @@ def main() -> None:
             write_bronze(lake_root, IOT.name, bronze_frame(readings), IOT.partitions)
     resources = {
         "kafka": KafkaResource(bootstrap_servers="127.0.0.1:1"),  # a backfill never reads Kafka
-        "lake": LakeResource(root=str(lake_root)),
+        "lake": LakeResource(uri=str(lake_root)),
         "warehouse": WarehouseResource(chdb_path=str(home / "wh")),
     }
     defs = build_definitions((IOT,), resources)

@@ -39,7 +39,7 @@ def main() -> None:
             consumed = sum(len(b.messages) for b in kafka.read(spec.topic, {p: 0 for p in range(spec.kafka_partitions)}, None))
         assert consumed == args.events, consumed
 
-        resources = {"kafka": kafka, "lake": LakeResource(root=str(home / "lake")), "warehouse": WarehouseResource(chdb_path=str(home / "wh"))}
+        resources = {"kafka": kafka, "lake": LakeResource(uri=str(home / "lake")), "warehouse": WarehouseResource(chdb_path=str(home / "wh"))}
         job = build_definitions((spec,), resources).resolve_job_def(f"ingest_{spec.name}")
         with dg.instance_for_test() as instance, Timer() as ingest_t:
             result = job.execute_in_process(

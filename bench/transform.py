@@ -36,7 +36,7 @@ def child(events: int, home: str) -> None:
     from resources.warehouse import WarehouseResource
 
     home = Path(home)
-    lake = LakeResource(root=str(home / "lake"))
+    lake = LakeResource(uri=str(home / "lake"))
     resources = {"kafka": KafkaResource(bootstrap_servers="127.0.0.1:1"), "lake": lake, "warehouse": WarehouseResource(chdb_path=str(home / "wh"))}
     defs = build_definitions((IOT,), resources)
     job = defs.resolve_implicit_global_asset_job_def()

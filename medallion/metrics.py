@@ -7,9 +7,9 @@ its exposition once or serves it on /metrics (`--serve`). Sources, per stream:
   offset and the broker's watermark, so it is exact on Tansu, whose watermark lags, and cheap on real Kafka),
   minus Bronze's committed offset = the consumer lag. A broker that does not answer gives
   `medallion_kafka_up 0` and no lag series; the rest of the scrape still answers.
-- The lake: records consumed, ingested into Bronze and dead-lettered (from the Bronze ledger, so
-  consumed = ingested + dead-lettered holds exactly), Silver and quarantined rows (Parquet footers, cached
-  by file mtime), and the newest event visible in Gold (end-to-end freshness).
+- The lake: records consumed, ingested into Bronze and dead-lettered (from Bronze's ingest commits, so
+  consumed = ingested + dead-lettered holds exactly), Silver and quarantined rows (row counts in the Delta
+  log, no data file read), and the newest event visible in Gold (end-to-end freshness).
 - The Dagster instance: the latest evaluation of every contract check per partition (pass ratio), and the
   last Gold materialization and warehouse load.
 - The warehouse: rows and newest time-column value per table. chDB admits one process at a time: the
@@ -33,11 +33,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from assets import keys
+from assets.bronze import ingest_totals
 from assets.promotion import CONTRACT_CHECK
 from assets.spec import StreamSpec
 from medallion.summary import latest_check_results
 from resources.kafka import KafkaResource
-from resources.lake import LakeResource
+from resources.lake import LakeResource, LakeTable
 from resources.warehouse import WarehouseResource
 
 PREFIX = "medallion_"
@@ -46,10 +47,10 @@ PREFIX = "medallion_"
 METRICS: dict[str, tuple[str, str]] = {
     "kafka_up": ("gauge", "1 if the Kafka cluster answered a metadata request"),
     "kafka_log_end_offset": ("gauge", "Offset after the last record of the partition"),
-    "kafka_committed_offset": ("gauge", "Next offset Bronze will read (from the lake's ledger)"),
+    "kafka_committed_offset": ("gauge", "Next offset Bronze will read (Bronze's Delta transaction versions)"),
     "kafka_consumer_lag": ("gauge", "Records in the partition not yet committed to Bronze"),
     "records_consumed": ("counter", "Kafka records committed by Bronze ingest (Bronze + dead-letter)"),
-    "records_ingested": ("counter", "Records written to Bronze (from the ledger: erasures later do not lower it)"),
+    "records_ingested": ("counter", "Records written to Bronze (from the ingest commits: erasures later do not lower it)"),
     "records_dead_lettered": ("counter", "Records set aside as unplaceable (dead-letter table and topic)"),
     "silver_rows": ("gauge", "Rows in published Silver"),
     "quarantined_rows": ("gauge", "Rows quarantined by Silver's row contract (current partitions)"),
@@ -110,7 +111,6 @@ class MedallionCollector(Collector):
         self.warehouse_wait_s = warehouse_wait_s
         self.clock = clock
         self._lock = threading.Lock()  # one scrape at a time (the HTTP server answers on threads)
-        self._row_counts: dict[str, tuple[tuple[int, int], int]] = {}
 
     def describe(self):
         return []  # nothing to collect at registration
@@ -153,7 +153,7 @@ class MedallionCollector(Collector):
         if meta is None or meta.error is not None:
             raise LookupError(f"topic {spec.topic} does not exist")
         parts = sorted(meta.partitions)
-        committed = self.lake.committed_offsets(spec.name, parts)
+        committed = self.lake.committed_offsets(spec.name, spec.topic, parts)
         # The watermark is never past the log end (on Tansu it is the last batch's base offset + 1): reading
         # from the larger of it and the committed offset to EOF finds the true end and reads at most a batch.
         high = self.kafka.end_offsets(spec.topic, parts)
@@ -167,15 +167,13 @@ class MedallionCollector(Collector):
     # -- the lake ----------------------------------------------------------------------------------
     def _collect_lake(self, out: _Families, spec: StreamSpec) -> None:
         s = {"stream": spec.name}
-        ledger = self.lake.ledger(spec.name)
-        consumed = sum(e.end - e.start for e in ledger)
-        ingested = sum(sum(e.partitions.values()) for e in ledger)
-        dead = sum(e.dead_letter_rows for e in ledger)
+        totals = ingest_totals(self.lake, spec)
+        consumed, ingested, dead = totals["consumed"], totals["ingested"], totals["dead_letter"]
         out.set("records_consumed", s, consumed)
         out.set("records_ingested", s, ingested)
         out.set("records_dead_lettered", s, dead)
-        silver = self._rows(self.lake.table_dir("silver", spec.name, "silver"))
-        quarantined = self._rows(self.lake.table_dir("quarantine", spec.name, "silver"))
+        silver = self.lake.count_rows("silver", spec.name, "silver")  # from the commit log: no data file is read
+        quarantined = self.lake.count_rows("quarantine", spec.name, "silver")
         out.set("silver_rows", s, silver)
         out.set("quarantined_rows", s, quarantined)
         out.set("dead_letter_ratio", s, dead / consumed if consumed else 0.0)
@@ -185,22 +183,6 @@ class MedallionCollector(Collector):
             out.set("gold_newest_event_timestamp_seconds", s, newest)
             out.set("end_to_end_freshness_seconds", s, max(0.0, self.clock() - newest))
 
-    def _rows(self, table_dir: Path) -> int:
-        """Rows of every published partition of a table; footers are read again only for changed files."""
-        total = 0
-        for f in sorted(table_dir.glob("pk=*/data.parquet")) if table_dir.exists() else []:
-            try:
-                st = f.stat()
-                stamp = (st.st_mtime_ns, st.st_size)
-                cached = self._row_counts.get(str(f))
-                if cached is None or cached[0] != stamp:
-                    cached = (stamp, pl.scan_parquet(f).select(pl.len()).collect().item())
-                    self._row_counts[str(f)] = cached
-            except FileNotFoundError:  # unpublished while we looked
-                continue
-            total += cached[1]
-        return total
-
     def _gold_newest_event(self, spec: StreamSpec) -> float | None:
         """The newest event time in the newest Silver partition whose same-grain Gold tables were all
         published after it (so Gold was built from that Silver). Earlier partitions are tried if Gold is
@@ -208,15 +190,12 @@ class MedallionCollector(Collector):
         tables = [t for t in spec.gold if t.partitions == spec.partitions]
         if not tables:
             return None
-        for pk in reversed(self.lake.published_keys("silver", spec.name, "silver")[-FRESHNESS_LOOKBACK:]):
-            silver = self.lake.partition_file("silver", spec.name, "silver", pk)
-            try:
-                silver_at = silver.stat().st_mtime_ns
-                caught_up = all(self.lake.partition_file("gold", spec.name, t.name, pk).stat().st_mtime_ns >= silver_at for t in tables)
-            except FileNotFoundError:
-                continue
-            if caught_up:
-                newest = pl.scan_parquet(silver).select(pl.col("event_time").max()).collect().item()
+        silver_times = self.lake.partition_times(LakeTable("silver", spec.name, "silver"))
+        gold_times = [self.lake.partition_times(LakeTable("gold", spec.name, t.name)) for t in tables]
+        for pk in sorted(silver_times)[-FRESHNESS_LOOKBACK:][::-1]:
+            if all(g.get(pk, -1) >= silver_times[pk] for g in gold_times):
+                rows = self.lake.read("silver", spec.name, "silver", [pk], columns=["event_time"])
+                newest = rows["event_time"].max() if rows is not None else None
                 if newest is not None:
                     return newest.timestamp()
         return None

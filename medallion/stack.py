@@ -10,7 +10,7 @@ from assets.spec import StreamSpec
 from medallion.instance import write_instance_yaml
 from resources.embedded_broker import running_broker, start_broker
 from resources.kafka import KafkaResource
-from resources.lake import LakeResource
+from resources.lake import LakeResource, bronze_table
 from resources.settings import Settings
 
 
@@ -29,11 +29,11 @@ def ensure_kafka(settings: Settings, streams: tuple[StreamSpec, ...], lake: Lake
         port = int(os.environ["MEDALLION_KAFKA_PORT"]) if os.environ.get("MEDALLION_KAFKA_PORT") else None
         info = start_broker(settings.run_dir, port=port)
         say(f"embedded Kafka (Tansu) started on {info.bootstrap}")
-        stale = [s.name for s in streams if lake.ledger(s.name)]
+        stale = [s.name for s in streams if lake.version(bronze_table(s.name)) is not None]
         if stale:
-            # The embedded broker keeps nothing: offsets in the old ledger refer to a log that no longer exists.
-            for layer in ("bronze", "dead_letter", "silver", "quarantine", "gold", "_locks"):
-                shutil.rmtree(lake.path / layer, ignore_errors=True)
+            # The embedded broker keeps nothing: offsets Bronze committed refer to a log that no longer exists.
+            for t in lake.tables(streams):
+                lake.remove(t)
             shutil.rmtree(settings.chdb_path, ignore_errors=True)
             say(f"the embedded broker started empty: cleared lake and warehouse state of {stale} from its previous life")
     kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)

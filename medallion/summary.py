@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import keys
+from assets.bronze import ingest_totals
 from assets.erasure import erased_source_rows
 from assets.promotion import CONTRACT_CHECK
 from assets.spec import StreamSpec
@@ -25,8 +26,7 @@ def latest_check_results(instance: dg.DagsterInstance, check_key: dg.AssetCheckK
 
 
 def stream_summary(spec: StreamSpec, lake: LakeResource, warehouse: WarehouseResource, kafka: KafkaResource | None, instance: dg.DagsterInstance | None) -> dict:
-    ledger = lake.ledger(spec.name)
-    consumed = sum(e.end - e.start for e in ledger)
+    consumed = ingest_totals(lake, spec)["consumed"]
     bronze_rows = lake.count_bronze(spec.name)
     dead = lake.count_dead_letter(spec.name)
     erased = erased_source_rows(lake, spec.name)  # Bronze + dead-letter rows removed by erasure requests
@@ -40,7 +40,7 @@ def stream_summary(spec: StreamSpec, lake: LakeResource, warehouse: WarehouseRes
             wh[name] = 0
     backlog = None
     if kafka is not None:
-        committed = lake.committed_offsets(spec.name, kafka.partitions(spec.topic))
+        committed = lake.committed_offsets(spec.name, spec.topic, kafka.partitions(spec.topic))
         ends = kafka.log_ends(spec.topic, committed)
         backlog = sum(ends[p] - committed[p] for p in committed)
     checks = {}

@@ -2,7 +2,9 @@
 
 Embedded defaults need no variables. Production forms: KAFKA_BOOTSTRAP_SERVERS (+ KAFKA_SECURITY_PROTOCOL,
 KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOCATION) and CLICKHOUSE_HOST
-(+ CLICKHOUSE_PORT, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, CLICKHOUSE_DATABASE, CLICKHOUSE_SECURE).
+(+ CLICKHOUSE_PORT, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, CLICKHOUSE_DATABASE, CLICKHOUSE_SECURE) and
+MEDALLION_LAKE_URI=s3://bucket/prefix (+ AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
 Alerts go to MEDALLION_ALERT_WEBHOOK (links to MEDALLION_UI_URL when set).
 Secrets are passed as `dg.EnvVar`, so their values never appear in run config or the UI.
 """
@@ -54,10 +56,26 @@ def platform_resources() -> dict:
     )
     return {
         "kafka": kafka,
-        "lake": LakeResource(root=str(settings.lake_root)),
+        "lake": lake_resource(settings),
         "warehouse": warehouse,
         "alerts": alert_webhook(),
     }
+
+
+def lake_resource(settings=None) -> LakeResource:
+    """The lake at MEDALLION_LAKE_URI (default: under MEDALLION_HOME). On `s3://`, the standard AWS_* variables
+    configure it (AWS_ENDPOINT_URL for an S3-compatible server); keys are EnvVar references, never values."""
+    settings = settings or load_settings()
+    return LakeResource(
+        uri=_env("MEDALLION_LAKE_URI") or settings.lake_uri,
+        **_set(
+            aws_endpoint_url=_env("AWS_ENDPOINT_URL"),
+            aws_region=_env("AWS_REGION"),
+            aws_access_key_id=_env("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
+            aws_allow_http=os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true", "yes") or None,
+        ),
+    )
 
 
 def alert_webhook() -> AlertWebhook:

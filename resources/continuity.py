@@ -1,5 +1,5 @@
 """Has the broker's log changed under what Bronze committed? (Broker restarted empty, topic recreated,
-retention removed records.) Bronze remembers the first record of each committed range; if the broker no
+retention removed records.) Bronze's ingest commits remember the first record of each partition's latest range; if the broker no
 longer returns that exact record at that offset, offsets went backwards or were reused.
 
 The first record of the latest range, not its last: on the embedded broker, an offset inside the newest
@@ -12,7 +12,6 @@ from __future__ import annotations
 import zlib
 
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
-from resources.lake import LakeResource
 
 
 def fingerprint(message) -> dict:
@@ -20,12 +19,11 @@ def fingerprint(message) -> dict:
     return {"offset": message.offset(), "timestamp": message.timestamp()[1], "crc32": zlib.crc32(value)}
 
 
-def verify_log_continuity(kafka: KafkaResource, lake: LakeResource, stream: str, topic: str) -> None:
-    """Raise OffsetsWentBackwardsError, naming the partition and offset, if the log no longer matches."""
-    for kp, entry in sorted(lake.last_committed(stream).items()):
-        if not entry.first_record:
-            continue
-        offset = entry.first_record["offset"]
+def verify_log_continuity(kafka: KafkaResource, topic: str, first_records: dict[int, dict]) -> None:
+    """Raise OffsetsWentBackwardsError, naming the partition and offset, if the log no longer matches.
+    `first_records`: per Kafka partition, the fingerprint of the first record of Bronze's latest range."""
+    for kp, first_record in sorted(first_records.items()):
+        offset = first_record["offset"]
         try:
             message = kafka.fetch_one(topic, kp, offset)
         except KafkaUnavailableError:
@@ -38,9 +36,9 @@ def verify_log_continuity(kafka: KafkaResource, lake: LakeResource, stream: str,
                 f"backwards (broker restarted empty, topic recreated, or retention removed it). Ingestion of "
                 f"{topic} is stopped so nothing is skipped or read twice; investigate before resuming."
             )
-        if fingerprint(message) != entry.first_record:
+        if fingerprint(message) != first_record:
             raise OffsetsWentBackwardsError(
                 f"{topic}[{kp}] offset {offset} now holds a different record than the one Bronze committed "
-                f"(was {entry.first_record}, now {fingerprint(message)}): the topic was recreated and offsets "
+                f"(was {first_record}, now {fingerprint(message)}): the topic was recreated and offsets "
                 f"reused. Ingestion of {topic} is stopped so nothing is skipped or read twice."
             )

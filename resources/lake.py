@@ -1,168 +1,281 @@
-"""The lake: Hive-style partitioned Parquet with atomic per-partition publish and a small manifest.
+"""The lake: one Delta Lake table per layer and stream (and per Gold table), written and read with delta-rs.
 
-Layout under `root`:
-    <layer>/<stream>/<table>/pk=<partition>/data.parquet     one file per published partition (Silver, Gold)
-    <layer>/<stream>/<table>/pk=<partition>/_manifest.json   row count, schema, sources, contract result
-    bronze/<stream>/pk=<partition>/p<kp>-<start>-<end>.parquet  Bronze: one file per Kafka offset range
-    bronze/<stream>/_ledger/p<kp>/<start>-<end>.json         Bronze commit records (the offsets that landed)
-    _audit/<log>.jsonl                                        append-only audit logs (e.g. erasures.jsonl)
-    _erasure/<id>/                                            files staged by an erasure in progress (assets/erasure.py)
+Tables, by the name `medallion lake` shows, under the lake URI (a local directory or `s3://bucket/prefix`):
+    bronze_<stream>          bronze/<stream>                 raw records; Kafka offsets in app transactions
+    dead_letter_<stream>     dead_letter/<stream>            records that could not be parsed, with why
+    silver_<stream>          silver/<stream>/silver
+    quarantine_<stream>      quarantine/<stream>/silver      rows set aside by the contracts, with why
+    history_<stream>         silver/<stream>/history         what each Silver partition hands to the next
+    gold_<stream>_<table>    gold/<stream>/<table>
+Every table but dead-letter is partitioned by `partition_key` (the Dagster partition key). Beside them:
+`_audit/<log>/` (one JSON object per entry) and `_erasure_requests/`.
 
-Publishing is `os.replace` of a fully written file, so a reader sees the old or the new partition, never half.
+Every write is data files first, then one commit (`resources/delta.py`): a partition is published by one
+commit that replaces exactly that partition, so readers see the old or the new rows, and "the last good
+partition keeps serving" is the previous version. Bronze commits carry each Kafka partition's next offset as
+an app transaction `<topic>:<partition>`: the table's transaction versions are the committed offsets.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime, timezone
+from typing import Optional
+from urllib.parse import unquote
 
 import dagster as dg
 import polars as pl
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
 from pydantic import Field
 
+from resources import delta
+from resources.delta import COMMIT_KEY, PARTITION_COLUMN, CommitConflict, DataFiles, commit_metadata
 from resources.faults import failpoint
 from resources.locks import exclusive_lock, shared_lock
 from resources.settings import load_settings
 
-OFFSET_WIDTH = 15
+@dataclass
+class RowDelete:
+    """Rows found for deletion in one table, their replacement files written, waiting for `commit`."""
+
+    lake: "LakeResource"
+    table: LakeTable
+    snapshot: DeltaTable
+    files: DataFiles
+    removed: dict[str, int]  # partition ("" if unpartitioned) -> rows removed
+    rows: pl.DataFrame  # the rows removed (without the partition column)
+
+    def commit(self, metadata: dict) -> int:
+        """One commit: the old files out, their remaining rows in. A concurrent rewrite of one of these files
+        (compaction, another erasure) makes it fail with CommitConflict, changing nothing."""
+        try:
+            return self.lake.commit(self.table, self.files, snapshot=self.snapshot, metadata=metadata, empty_schema=delta.arrow_table(self.rows.head(0)).schema)
+        except BaseException:
+            self.files.discard()
+            raise
 
 
-def partition_dirname(partition_key: str) -> str:
-    # Colons are not legal in Hadoop paths; Spark must read this lake too.
-    return "pk=" + partition_key.replace(":", "")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_parquet(path: Path, df: pl.DataFrame, before_replace=lambda: None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    df.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
-    before_replace()
-    os.replace(tmp, path)
+__all__ = ["LakeResource", "LakeTable", "CommitConflict", "PARTITION_COLUMN", "COMMIT_KEY"]
 
 
 @dataclass(frozen=True)
-class LedgerEntry:
-    """One committed Kafka offset range of one partition: what it wrote, where."""
+class LakeTable:
+    """One lake table: its layer, stream and table name (Silver's own table is named `silver`)."""
 
-    kafka_partition: int
-    start: int
-    end: int  # exclusive
-    files: list[str]  # relative to the stream's bronze dir
-    partitions: dict[str, int]  # Bronze partition key -> rows
-    dead_letter_rows: int
-    run_id: str
-    first_record: dict | None = None  # offset, timestamp, crc32 of the range's first record: detects a log that changed under us
+    layer: str
+    stream: str
+    table: str
 
     @property
     def name(self) -> str:
-        return f"{self.start:0{OFFSET_WIDTH}d}-{self.end:0{OFFSET_WIDTH}d}.json"
+        if self.layer in ("bronze", "dead_letter"):
+            return f"{self.layer}_{self.stream}"
+        if self.layer == "gold":
+            return f"gold_{self.stream}_{self.table}"
+        if self.table == "silver":
+            return f"{self.layer}_{self.stream}"
+        return f"{self.table}_{self.stream}"
+
+    @property
+    def path(self) -> str:
+        if self.layer in ("bronze", "dead_letter"):
+            return f"{self.layer}/{self.stream}"
+        return f"{self.layer}/{self.stream}/{self.table}"
+
+    @property
+    def partitioned(self) -> bool:
+        return self.layer != "dead_letter"
+
+
+def bronze_table(stream: str) -> LakeTable:
+    return LakeTable("bronze", stream, "bronze")
+
+
+def dead_letter_table(stream: str) -> LakeTable:
+    return LakeTable("dead_letter", stream, "dead_letter")
+
+
+def kafka_app_id(topic: str, kafka_partition: int) -> str:
+    return f"{topic}:{kafka_partition}"
 
 
 class LakeResource(dg.ConfigurableResource):
-    """Parquet lake on a filesystem path (local disk by default)."""
+    """Delta Lake tables under `uri`: a local directory (embedded default) or `s3://bucket/prefix`."""
 
-    root: str = Field(default_factory=lambda: str(load_settings().lake_root), description="lake root directory")
+    uri: str = Field(default_factory=lambda: load_settings().lake_uri, description="lake location: a directory or s3://bucket/prefix")
+    aws_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint (MinIO, SeaweedFS); empty: AWS")
+    aws_region: Optional[str] = None
+    aws_access_key_id: Optional[str] = None
+    aws_secret_access_key: Optional[str] = None
+    aws_allow_http: bool = False
+
+    # -- where things are ---------------------------------------------------------------------------
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
 
     @property
-    def path(self) -> Path:
-        return Path(self.root)
+    def storage_options(self) -> dict:
+        if not self.is_s3:
+            return {}
+        opts = {
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "AWS_REGION": self.aws_region or "us-east-1",
+            "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
+            "AWS_ALLOW_HTTP": "true" if self.aws_allow_http else None,
+            # Commits are made safe by S3's conditional writes (put-if-absent), not by a lock service.
+            "conditional_put": "etag",
+        }
+        return {k: v for k, v in opts.items() if v is not None}
 
-    # -- published partitions (Silver, Gold, quarantine) --------------------------------------------
-    def table_dir(self, layer: str, stream: str, table: str) -> Path:
-        return self.path / layer / stream / table
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """(pyarrow filesystem, the lake's root in it) for the data files, audit entries and requests."""
+        if not self.is_s3:
+            return pafs.LocalFileSystem(), self.uri.rstrip("/")
+        endpoint = self.aws_endpoint_url or ""
+        scheme = "http" if endpoint.startswith("http://") else "https"
+        fs = pafs.S3FileSystem(
+            access_key=self.aws_access_key_id,
+            secret_key=self.aws_secret_access_key,
+            region=self.aws_region or "us-east-1",
+            endpoint_override=endpoint.split("://", 1)[-1] or None,
+            scheme=scheme,
+            allow_bucket_creation=False,
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+        )
+        return fs, self.uri.removeprefix("s3://").rstrip("/")
 
-    def partition_file(self, layer: str, stream: str, table: str, partition_key: str) -> Path:
-        return self.table_dir(layer, stream, table) / partition_dirname(partition_key) / "data.parquet"
+    @property
+    def local_root(self):
+        """The lake directory of a local lake (None on object storage)."""
+        from pathlib import Path
 
-    def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict) -> Path:
-        target = self.partition_file(layer, stream, table, partition_key)
-        def before_replace():
-            failpoint(f"publish.{layer}.before_replace")
-            failpoint(f"publish.{layer}.{table}.before_replace")  # one table only, e.g. publish.gold.type_daily.before_replace
+        return None if self.is_s3 else Path(self.uri)
 
-        atomic_write_parquet(target, df, before_replace=before_replace)
-        failpoint(f"publish.{layer}.before_manifest")
-        manifest = {**manifest, "rows": df.height, "schema": {k: str(v) for k, v in df.schema.items()}}
-        atomic_write_bytes(target.with_name("_manifest.json"), json.dumps(manifest, indent=1, default=str).encode())
-        return target
+    def table_uri(self, t: LakeTable) -> str:
+        return f"{self.uri.rstrip('/')}/{t.path}"
 
-    def unpublish(self, layer: str, stream: str, table: str, partition_key: str) -> None:
-        d = self.partition_file(layer, stream, table, partition_key).parent
-        shutil.rmtree(d, ignore_errors=True)
+    def open(self, t: LakeTable, version: int | None = None) -> DeltaTable | None:
+        return delta.open_table(self.table_uri(t), self.storage_options, version)
 
-    def manifest(self, layer: str, stream: str, table: str, partition_key: str) -> dict | None:
-        f = self.partition_file(layer, stream, table, partition_key).with_name("_manifest.json")
+    def ensure(self, t: LakeTable, file_schema) -> DeltaTable:
+        """The table, created empty if missing: a writer that read "no table" could not tell another
+        writer's first commit from its own."""
+        return self.open(t) or delta.create_table(self.table_uri(t), self.storage_options, delta.table_schema(file_schema, t.partitioned), [PARTITION_COLUMN] if t.partitioned else None)
+
+    def data_files(self, t: LakeTable) -> DataFiles:
+        fs, root = self.filesystem()
+        return DataFiles(fs, f"{root}/{t.path}")
+
+    def commit(self, t: LakeTable, files: DataFiles, **kwargs) -> int:
+        return delta.commit(self.table_uri(t), self.storage_options, files, partitioned=t.partitioned, **kwargs)
+
+    def tables(self, streams) -> list[LakeTable]:
+        """Every table the platform writes for `streams`, in layer order."""
+        out = []
+        for s in streams:
+            out += [bronze_table(s.name), dead_letter_table(s.name), LakeTable("silver", s.name, "silver"), LakeTable("quarantine", s.name, "silver")]
+            if s.history is not None:
+                out.append(LakeTable("silver", s.name, "history"))
+            out += [LakeTable("gold", s.name, g.name) for g in s.gold]
+        return out
+
+    # -- published partitions (Silver, quarantine, history, Gold) -----------------------------------
+    def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict) -> int:
+        """Replace one partition with `df` in one commit (its manifest in the commit metadata). Returns the
+        Delta version that holds it."""
+        t = LakeTable(layer, stream, table)
+        files = self.data_files(t)
+        files.write(df, partition_key)
+        failpoint(f"publish.{layer}.before_replace")
+        failpoint(f"publish.{layer}.{table}.before_replace")  # one table only, e.g. publish.gold.type_daily.before_replace
         try:
-            return json.loads(f.read_text())
-        except FileNotFoundError:
+            return self.commit(t, files, replace=[partition_key], metadata={"operation": "publish", **manifest, "partition": partition_key, "rows": df.height})
+        except BaseException:
+            files.discard()
+            raise
+
+    def read(self, layer: str, stream: str, table: str, partition_keys: list[str], version: int | None = None, columns: list[str] | None = None) -> pl.DataFrame | None:
+        """The rows of `partition_keys` (None if none of them is published)."""
+        return self.read_table(LakeTable(layer, stream, table), partition_keys, version, columns)
+
+    def read_table(self, t: LakeTable, partition_keys: list[str] | None, version: int | None = None, columns: list[str] | None = None, exclude: list[str] | None = None) -> pl.DataFrame | None:
+        dt = self.open(t, version)
+        if dt is None:
             return None
-
-    def read(self, layer: str, stream: str, table: str, partition_keys: list[str]) -> pl.DataFrame | None:
-        files = [f for k in partition_keys if (f := self.partition_file(layer, stream, table, k)).exists()]
-        if not files:
-            return None
-        return pl.read_parquet(files)
-
-    def published_keys(self, layer: str, stream: str, table: str) -> list[str]:
-        d = self.table_dir(layer, stream, table)
-        if not d.exists():
-            return []
-        return sorted(p.name[3:] for p in d.iterdir() if p.name.startswith("pk=") and (p / "data.parquet").exists())
-
-    def count_rows(self, layer: str, stream: str, table: str) -> int:
-        d = self.table_dir(layer, stream, table)
-        files = sorted(d.glob("pk=*/data.parquet")) if d.exists() else []
-        return sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
-
-    # -- Bronze: offset-range files and their ledger -------------------------------------------------
-    def bronze_dir(self, stream: str) -> Path:
-        return self.path / "bronze" / stream
-
-    def dead_letter_dir(self, stream: str) -> Path:
-        return self.path / "dead_letter" / stream
-
-    def bronze_files(self, stream: str, partition_key: str) -> list[Path]:
-        d = self.bronze_dir(stream) / partition_dirname(partition_key)
-        return sorted(d.glob("p*.parquet")) if d.exists() else []
-
-    def bronze_partition_keys(self, stream: str) -> list[str]:
-        """Bronze partitions holding files (directory form, without the colon), oldest first."""
-        d = self.bronze_dir(stream)
-        if not d.exists():
-            return []
-        return sorted(p.name[3:] for p in d.iterdir() if p.name.startswith("pk=") and any(p.glob("p*.parquet")))
-
-    def read_bronze(self, stream: str, partition_key: str, exclude: list[str] | None = None) -> pl.DataFrame | None:
-        files = self.bronze_files(stream, partition_key)
-        if not files:
-            return None
-        frame = pl.scan_parquet(files)
-        if exclude:
-            frame = frame.drop(exclude)
+        if partition_keys is not None:
+            present = set(self.partition_rows_of(dt))
+            partition_keys = [k for k in partition_keys if k in present]
+            if not partition_keys:
+                return None
+        frame = pl.scan_delta(dt)
+        if partition_keys is not None:
+            # Partition by partition, in the order asked for: the same rows always come in the same order
+            # (a file order that changed with a rewrite would change float sums downstream in the last bit).
+            frame = pl.concat([frame.filter(pl.col(PARTITION_COLUMN) == k) for k in partition_keys])
+        if columns is not None:
+            frame = frame.select(columns)
+        else:
+            frame = frame.drop([PARTITION_COLUMN, *(exclude or [])], strict=False)
         return frame.collect()
 
-    def attach_bronze_payloads(self, stream: str, partition_key: str, rows: pl.DataFrame) -> pl.DataFrame:
+    @staticmethod
+    def partition_rows_of(dt: DeltaTable) -> dict[str, int]:
+        """Rows per partition of one snapshot, from the commit log (no data file is read)."""
+        adds = delta.add_actions(dt)
+        col = f"partition.{PARTITION_COLUMN}"
+        if adds.height == 0 or col not in adds.columns:
+            return {}
+        return dict(adds.group_by(col).agg(pl.col("num_records").sum()).sort(col).iter_rows())
+
+    def partition_rows(self, layer: str, stream: str, table: str) -> dict[str, int]:
+        dt = self.open(LakeTable(layer, stream, table))
+        return {} if dt is None else self.partition_rows_of(dt)
+
+    def published_keys(self, layer: str, stream: str, table: str) -> list[str]:
+        """Partition keys holding a published partition, oldest first."""
+        return sorted(self.partition_rows(layer, stream, table))
+
+    def is_published(self, layer: str, stream: str, table: str, partition_key: str) -> bool:
+        return partition_key in self.partition_rows(layer, stream, table)
+
+    def count_rows(self, layer: str, stream: str, table: str) -> int:
+        return self.count(LakeTable(layer, stream, table))
+
+    def count(self, t: LakeTable) -> int:
+        dt = self.open(t)
+        if dt is None:
+            return 0
+        adds = delta.add_actions(dt)
+        return int(adds["num_records"].sum()) if adds.height else 0
+
+    def version(self, t: LakeTable) -> int | None:
+        dt = self.open(t)
+        return None if dt is None else dt.version()
+
+    # -- Bronze ---------------------------------------------------------------------------------------
+    def bronze_partition_keys(self, stream: str) -> list[str]:
+        dt = self.open(bronze_table(stream))
+        return [] if dt is None else sorted(self.partition_rows_of(dt))
+
+    def read_bronze(self, stream: str, partition_key: str, exclude: list[str] | None = None, version: int | None = None) -> pl.DataFrame | None:
+        return self.read_table(bronze_table(stream), [partition_key], version, exclude=exclude)
+
+    def attach_bronze_payloads(self, stream: str, partition_key: str, rows: pl.DataFrame, version: int | None = None) -> pl.DataFrame:
         """`rows` (with kafka_partition/kafka_offset) plus their raw `payload`, read back from Bronze."""
-        files = self.bronze_files(stream, partition_key)
-        if not files or rows.height == 0:
+        dt = self.open(bronze_table(stream), version)
+        if dt is None or rows.height == 0:
             return rows.with_columns(pl.lit(None, pl.String).alias("payload"))
         wanted = rows.select("kafka_partition", "kafka_offset")
         payloads = (
-            pl.scan_parquet(files)
+            pl.scan_delta(dt)
+            .filter(pl.col(PARTITION_COLUMN) == partition_key)
             .select("kafka_partition", "kafka_offset", "payload")
             .join(wanted.lazy(), on=["kafka_partition", "kafka_offset"], how="semi")
             .unique(subset=["kafka_partition", "kafka_offset"], keep="first")
@@ -171,150 +284,184 @@ class LakeResource(dg.ConfigurableResource):
         return rows.join(payloads, on=["kafka_partition", "kafka_offset"], how="left", maintain_order="left")
 
     def count_bronze(self, stream: str) -> int:
-        files = sorted(self.bronze_dir(stream).glob("pk=*/p*.parquet"))
-        return sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
+        return self.count(bronze_table(stream))
 
     def count_dead_letter(self, stream: str) -> int:
-        files = sorted(self.dead_letter_dir(stream).glob("p*.parquet"))
-        return sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
+        return self.count(dead_letter_table(stream))
 
     def read_dead_letter(self, stream: str) -> pl.DataFrame | None:
-        files = sorted(self.dead_letter_dir(stream).glob("p*.parquet"))
-        return pl.read_parquet(files) if files else None
+        return self.read_table(dead_letter_table(stream), None)
 
-    def ledger_dir(self, stream: str) -> Path:
-        return self.bronze_dir(stream) / "_ledger"
-
-    def ledger(self, stream: str) -> list[LedgerEntry]:
-        d = self.ledger_dir(stream)
-        if not d.exists():
-            return []
-        out = []
-        for f in sorted(d.glob("p*/*.json")):
-            out.append(LedgerEntry(**json.loads(f.read_text())))
+    def committed_offsets(self, stream: str, topic: str, kafka_partitions: list[int], snapshot: DeltaTable | None = None) -> dict[int, int]:
+        """Next offset to read per Kafka partition: Bronze's app transaction versions (0 if none)."""
+        dt = snapshot if snapshot is not None else self.open(bronze_table(stream))
+        out = {}
+        for p in kafka_partitions:
+            v = dt.transaction_version(kafka_app_id(topic, p)) if dt is not None else None
+            out[p] = v or 0
         return out
 
-    def committed_offsets(self, stream: str, kafka_partitions: list[int]) -> dict[int, int]:
-        """Next offset to read per Kafka partition: the end of the last committed range (0 if none)."""
-        ends = {p: 0 for p in kafka_partitions}
-        for e in self.ledger(stream):
-            ends[e.kafka_partition] = max(ends.get(e.kafka_partition, 0), e.end)
-        return ends
+    def commits(self, t: LakeTable, since_version: int = 0, operation: str | None = None) -> list[tuple[int, dict]]:
+        """(version, metadata) of the platform's commits to `t` from `since_version` on, oldest first."""
+        dt = self.open(t)
+        if dt is None:
+            return []
+        out = []
+        for entry in dt.history(limit=max(dt.version() - since_version + 1, 1)):
+            meta = commit_metadata(entry)
+            if meta is not None and entry["version"] >= since_version and (operation is None or meta.get("operation") == operation):
+                out.append((entry["version"], meta))
+        return sorted(out, key=lambda x: x[0])
 
-    # -- audit logs: append-only JSON lines, durable once `append_audit` returns ----------------------
-    def audit_log(self, name: str) -> Path:
-        return self.path / "_audit" / f"{name}.jsonl"
+    def latest_commit(self, t: LakeTable, operation: str, snapshot: DeltaTable | None = None) -> tuple[int, dict] | None:
+        """The newest commit of `operation` (maintenance and erasures commit in between), newest pages first."""
+        dt = snapshot if snapshot is not None else self.open(t)
+        if dt is None:
+            return None
+        limit = 8
+        while True:
+            history = dt.history(limit=limit)  # newest first
+            for entry in history:
+                meta = commit_metadata(entry)
+                if meta is not None and meta.get("operation") == operation:
+                    return entry["version"], meta
+            if len(history) < limit:
+                return None
+            limit *= 8
 
-    def append_audit(self, name: str, entry: dict) -> None:
-        """Append one JSON line and fsync it. Callers serialize appends to one log (a lock of their own)."""
-        path = self.audit_log(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(entry, sort_keys=True, default=str).encode() + b"\n"
-        with open(path, "ab+") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell():  # a line torn by a crash stays alone on its line (readers skip it)
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    line = b"\n" + line
-            f.write(line)
+    def partition_times(self, t: LakeTable) -> dict[str, int]:
+        """Per partition, when its newest data file was written (ms since the epoch, from the commit log)."""
+        dt = self.open(t)
+        if dt is None:
+            return {}
+        adds = delta.add_actions(dt)
+        col = f"partition.{PARTITION_COLUMN}"
+        if adds.height == 0 or col not in adds.columns:
+            return {}
+        stamp = adds["modification_time"]
+        adds = adds.with_columns(stamp.cast(pl.Int64) if stamp.dtype.is_integer() else stamp.dt.epoch("ms"))
+        return dict(adds.group_by(col).agg(pl.col("modification_time").max()).iter_rows())
+
+    def remove(self, t: LakeTable) -> None:
+        """Delete a table with its history (a reset of the embedded stack, never a normal operation)."""
+        fs, root = self.filesystem()
+        try:
+            fs.delete_dir(f"{root}/{t.path}")
+        except (FileNotFoundError, OSError):
+            pass
+
+    # -- rewriting rows in place (erasure): one commit per table ------------------------------------
+    def plan_delete(self, t: LakeTable, mask, columns: list[str] | None = None, prefilter: pl.Expr | None = None, partitions: set[str] | None = None) -> "RowDelete | None":
+        """Write the files that replace every data file of `t` holding rows `mask(frame)` selects (the rest of
+        their rows), without committing. Candidates: files in `partitions`, and files with a row matching
+        `prefilter` (on `columns` only); every file when neither is given. None: no such row."""
+        dt = self.open(t)
+        if dt is None:
+            return None
+        fs, root = self.filesystem()
+        base = f"{root}/{t.path}"
+        adds = delta.add_actions(dt)
+        col = f"partition.{PARTITION_COLUMN}"
+        files = self.data_files(t)
+        removed: dict[str, int] = {}
+        hits: list[pl.DataFrame] = []
+        for row in adds.iter_rows(named=True):
+            partition = row.get(col)
+            path = f"{base}/{unquote(row['path'])}"
+            if prefilter is not None or partitions is not None:
+                candidate = partitions is not None and partition in partitions
+                if not candidate and prefilter is not None:
+                    probe = pl.from_arrow(pq.read_table(path, columns=columns, filesystem=fs))
+                    candidate = probe.filter(prefilter).height > 0
+                if not candidate:
+                    continue
+            frame = pl.from_arrow(pq.read_table(path, filesystem=fs))
+            hit = mask(frame)
+            if not hit.any():
+                continue
+            keep = frame.filter(~hit)
+            if keep.height:
+                files.write(keep, partition)
+            files.remove(unquote(row["path"]), row["size_bytes"], partition)  # as on disk, like an add
+            removed[partition or ""] = removed.get(partition or "", 0) + frame.height - keep.height
+            hits.append(frame.filter(hit))
+        if not files.removes:
+            return None
+        return RowDelete(self, t, dt, files, removed, pl.concat(hits, how="vertical_relaxed"))
+
+    def vacuum_all_versions(self, t: LakeTable) -> int:
+        """Remove every file no longer in the latest version: earlier versions can no longer be read (time
+        travel must not bring back erased rows). Returns the files removed."""
+        dt = self.open(t)
+        if dt is None:
+            return 0
+        return len(dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False))
+
+    # -- small objects beside the tables: audit entries, requests, markers (local files or S3 objects) -
+    def put_object(self, rel: str, body: bytes, private: bool = False) -> None:
+        """Store `body` at `rel` under the lake, whole or not at all. `private`: owner-only on a local disk."""
+        fs, root = self.filesystem()
+        final = f"{root}/{rel}"
+        fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        if self.is_s3:
+            with fs.open_output_stream(final) as f:  # an S3 PUT is atomic
+                f.write(body)
+            return
+        tmp = f"{final.rsplit('/', 1)[0]}/.{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def get_object(self, rel: str) -> bytes | None:
+        fs, root = self.filesystem()
+        try:
+            with fs.open_input_stream(f"{root}/{rel}") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def list_objects(self, prefix: str, suffix: str = ".json") -> list[str]:
+        """Names (without the prefix) of the objects directly under `prefix`, sorted."""
+        fs, root = self.filesystem()
+        infos = fs.get_file_info(pafs.FileSelector(f"{root}/{prefix}", allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
+
+    def delete_object(self, rel: str) -> None:
+        fs, root = self.filesystem()
+        try:
+            fs.delete_file(f"{root}/{rel}")
+        except FileNotFoundError:
+            pass
+
+    # -- audit logs: one object per entry (object storage has no appends) ---------------------------
+    def append_audit(self, name: str, entry: dict) -> None:
+        """Store one entry; durable once this returns (a new object, never a rewrite)."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        self.put_object(f"_audit/{name}/{stamp}-{uuid.uuid4().hex[:8]}.json", json.dumps(entry, sort_keys=True, default=str).encode())
 
     def read_audit(self, name: str) -> list[dict]:
-        try:
-            lines = self.audit_log(name).read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # torn by a crash mid-append: never committed
-                continue
-        return out
+        return [json.loads(self.get_object(f"_audit/{name}/{n}")) for n in self.list_objects(f"_audit/{name}")]
+
+    # -- locks ------------------------------------------------------------------------------------------
+    def lock_path(self, stream: str, name: str = "ingest"):
+        """Locks are per machine (under MEDALLION_HOME), the lake may be shared: two machines never share a
+        lock, so nothing may depend on one for correctness."""
+        return load_settings().home / "locks" / _lock_name(self.uri) / f"{stream}.{name}.lock"
 
     def stream_lock(self, stream: str, name: str = "ingest", shared: bool = False):
-        """Serialize writers of one stream (e.g. a backfill racing a sensor-triggered run): they wait, not fail.
-        `shared`: many holders at once, none while an exclusive holder works (e.g. derivations vs an erasure)."""
-        path = self.path / "_locks" / f"{stream}.{name}.lock"
+        """Serialize writers of one stream on this machine (e.g. a backfill racing a sensor-triggered run):
+        they wait, not fail. It saves work a commit conflict would throw away; correctness rests on Delta's
+        commit checks. `shared`: many holders at once, none while an exclusive holder works (e.g.
+        derivations vs an erasure)."""
+        path = self.lock_path(stream, name)
         return shared_lock(path) if shared else exclusive_lock(path)
 
-    def staging_dir(self, stream: str, run_id: str) -> Path:
-        return self.bronze_dir(stream) / "_staging" / run_id
 
-    def commit_bronze(self, stream: str, staging: Path, entries: list[LedgerEntry]) -> None:
-        """The commit point: ledger records first (atomic), then move staged files into place.
+def _lock_name(uri: str) -> str:
+    import hashlib
 
-        A crash after the ledger write is rolled forward by `recover_bronze`; a crash before it leaves only
-        staged files, which recovery discards (their offsets were never committed and will be read again).
-        """
-        for e in entries:
-            atomic_write_bytes(
-                self.ledger_dir(stream) / f"p{e.kafka_partition}" / e.name,
-                json.dumps(e.__dict__, sort_keys=True).encode(),
-            )
-            failpoint("bronze.mid_ledger")
-        failpoint("bronze.after_ledger")
-        self._roll_forward(stream, staging, entries)
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
-    def _roll_forward(self, stream: str, staging: Path, entries: list[LedgerEntry]) -> None:
-        for e in entries:
-            for rel in e.files:
-                src, dst = staging / rel, self._committed_path(stream, rel)
-                if src.exists():
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(src, dst)
-                    failpoint("bronze.mid_roll_forward")
-                elif not dst.exists():
-                    raise RuntimeError(f"ledger {e.name} names {rel}, which is neither staged nor committed")
-        shutil.rmtree(staging, ignore_errors=True)
-
-    def _committed_path(self, stream: str, rel: str) -> Path:
-        if rel.startswith("dead_letter/"):
-            return self.dead_letter_dir(stream) / rel.split("/", 1)[1]
-        return self.bronze_dir(stream) / rel
-
-    def recover_bronze(self, stream: str) -> list[str]:
-        """Finish or discard what crashed runs left in staging. Returns what it did, for the run log."""
-        actions = []
-        staging_root = self.bronze_dir(stream) / "_staging"
-        if not staging_root.exists():
-            return actions
-        ledger_files = {}
-        for e in self.ledger(stream):
-            for rel in e.files:
-                ledger_files[rel] = e
-        for staging in sorted(staging_root.iterdir()):
-            staged = [str(p.relative_to(staging)) for p in staging.rglob("*.parquet")]
-            committed = {ledger_files[r].name: ledger_files[r] for r in staged if r in ledger_files}
-            if committed:
-                self._roll_forward(stream, staging, list(committed.values()))
-                actions.append(f"rolled forward {len(committed)} committed range(s) from {staging.name}")
-            else:
-                shutil.rmtree(staging, ignore_errors=True)
-                actions.append(f"discarded uncommitted staging {staging.name} ({len(staged)} files)")
-        return actions
-
-    def needs_recovery(self, stream: str) -> bool:
-        """A crashed ingest left staged files or committed ranges whose events were never logged."""
-        staging_root = self.bronze_dir(stream) / "_staging"
-        return (staging_root.exists() and any(staging_root.iterdir())) or bool(self.unreported_entries(stream))
-
-    def last_committed(self, stream: str) -> dict[int, LedgerEntry]:
-        """The latest committed range per Kafka partition."""
-        last: dict[int, LedgerEntry] = {}
-        for e in self.ledger(stream):
-            if e.kafka_partition not in last or e.end > last[e.kafka_partition].end:
-                last[e.kafka_partition] = e
-        return last
-
-    def unreported_entries(self, stream: str) -> list[LedgerEntry]:
-        """Committed ranges whose materialization events may not have been logged (crash in between)."""
-        done = self.ledger_dir(stream) / "_reported"
-        return [e for e in self.ledger(stream) if not (done / f"p{e.kafka_partition}-{e.name}").exists()]
-
-    def mark_reported(self, stream: str, entries: list[LedgerEntry]) -> None:
-        done = self.ledger_dir(stream) / "_reported"
-        done.mkdir(parents=True, exist_ok=True)
-        for e in entries:
-            (done / f"p{e.kafka_partition}-{e.name}").touch()

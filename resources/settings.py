@@ -15,6 +15,7 @@ class Settings:
     home: Path
     kafka_bootstrap: str | None  # None: start the embedded Tansu broker
     postgres_url: str | None = None  # None: the Dagster instance on SQLite under dagster_home
+    lake_location: str | None = None  # None: the local lake under home
 
     @property
     def dagster_home(self) -> Path:
@@ -23,6 +24,11 @@ class Settings:
     @property
     def lake_root(self) -> Path:
         return self.home / "lake"
+
+    @property
+    def lake_uri(self) -> str:
+        """MEDALLION_LAKE_URI (e.g. s3://bucket/prefix), else the local lake under MEDALLION_HOME."""
+        return self.lake_location or str(self.lake_root)
 
     @property
     def chdb_path(self) -> Path:
@@ -39,4 +45,5 @@ def load_settings() -> Settings:
         home=home,
         kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
         postgres_url=os.environ.get("MEDALLION_POSTGRES_URL") or None,
+        lake_location=os.environ.get("MEDALLION_LAKE_URI") or None,
     )

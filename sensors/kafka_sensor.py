@@ -1,6 +1,6 @@
 """The Kafka sensor: compares Bronze's committed offsets with the topic and requests ingest runs.
 
-The cursor records what Bronze has committed (read from the lake's ledger, so it never runs ahead of
+The cursor records what Bronze has committed (its Delta transaction versions, so it never runs ahead of
 what landed) and the lag seen. Run keys are the start offsets, so re-requests of the same work are
 harmless; a failed attempt gets a new key so it is retried.
 """
@@ -11,7 +11,7 @@ import json
 import dagster as dg
 
 from assets import keys
-from assets.bronze import DEFAULT_MAX_RECORDS, offsets_tag
+from assets.bronze import DEFAULT_MAX_RECORDS, IngestSnapshot, needs_announcing, offsets_tag
 from assets.spec import StreamSpec
 from resources.continuity import verify_log_continuity
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
@@ -43,10 +43,11 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
             parts = kafka.partitions(spec.topic)
         except KafkaUnavailableError as exc:
             return dg.SkipReason(f"Kafka unavailable, cursor unchanged: {exc}")
-        committed = lake.committed_offsets(spec.name, parts)
+        snapshot = IngestSnapshot.load(lake, spec, parts)
+        committed = snapshot.start
         active = _live_runs(context, job, spec)
         try:
-            verify_log_continuity(kafka, lake, spec.name, spec.topic)
+            verify_log_continuity(kafka, spec.topic, snapshot.first_records)
             high = kafka.end_offsets(spec.topic, parts)
             # The watermark may be stale (Tansu); where it shows no lag, probe by fetching at the committed offset.
             quiet = {p: o for p, o in committed.items() if high[p] <= o}
@@ -65,7 +66,7 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
             return dg.SkipReason(
                 f"runs {', '.join(r.run_id for r in active)} of {job.name} in progress; lag {lag_text} (committed {committed})"
             )
-        recovery = lake.needs_recovery(spec.name)
+        recovery = needs_announcing(context.instance, spec, lake)
         if not waiting and not recovery:
             return dg.SkipReason(f"no new records in {spec.topic}: lag 0 on all partitions (committed {committed})")
         tag = offsets_tag(committed)

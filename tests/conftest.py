@@ -50,7 +50,7 @@ def kafka(broker) -> KafkaResource:
 def resources(kafka, tmp_path) -> dict:
     return {
         "kafka": kafka,
-        "lake": LakeResource(root=str(tmp_path / "lake")),
+        "lake": LakeResource(uri=str(tmp_path / "lake")),
         "warehouse": WarehouseResource(chdb_path=str(tmp_path / "warehouse")),
     }
 
@@ -110,35 +110,36 @@ def shared_instance(tmp_path, monkeypatch):
         yield inst
 
 
-def _child_command(spec, resources, broker, args, failpoint=None, release=None):
+def _child_command(spec, resources, broker, args, failpoint=None, release=None, env_extra=None):
     import os
     import sys
 
-    env = {**os.environ}
+    env = {**os.environ, **(env_extra or {})}
     env.pop("MEDALLION_FAILPOINT", None)
     if failpoint:
         env["MEDALLION_FAILPOINT"] = failpoint
     if release:
         env["MEDALLION_FAILPOINT_RELEASE"] = str(release)
-    cmd = [sys.executable, "-m", "tests.fault_child", spec.topic, resources["lake"].root, resources["warehouse"].chdb_path, broker, *args]
+    cmd = [sys.executable, "-m", "tests.fault_child", spec.topic, resources["lake"].uri, resources["warehouse"].chdb_path, broker, *args]
     return cmd, env
 
 
-def run_child(spec, resources, broker, *args, failpoint=None, timeout=120):
-    """Run tests.fault_child in a subprocess; with a failpoint it is SIGKILLed there."""
+def run_child(spec, resources, broker, *args, failpoint=None, timeout=120, env_extra=None):
+    """Run tests.fault_child in a subprocess; with a failpoint it is SIGKILLed there. `env_extra`: e.g. a
+    MEDALLION_HOME of its own (another machine: no lock in common)."""
     import subprocess
 
-    cmd, env = _child_command(spec, resources, broker, args, failpoint)
+    cmd, env = _child_command(spec, resources, broker, args, failpoint, env_extra=env_extra)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def start_held_child(spec, resources, broker, *args, point: str, release: Path, timeout: float = 120):
+def start_held_child(spec, resources, broker, *args, point: str, release: Path, timeout: float = 120, env_extra=None):
     """Start tests.fault_child and return it once it is held at failpoint `point` (see resources/faults.py);
     creating the file `release` lets it go on."""
     import subprocess
     import time
 
-    cmd, env = _child_command(spec, resources, broker, args, f"{point}:hold", release)
+    cmd, env = _child_command(spec, resources, broker, args, f"{point}:hold", release, env_extra=env_extra)
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reached = Path(f"{release}.reached")
     deadline = time.monotonic() + timeout

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     spec = dataclasses.replace(IOT, topic=topic)
     resources = {
         "kafka": KafkaResource(bootstrap_servers=bootstrap, timeout_s=5.0),
-        "lake": LakeResource(root=lake_root),
+        "lake": LakeResource(uri=lake_root),
         "warehouse": WarehouseResource(chdb_path=chdb_path),
     }
     defs = build_definitions((spec,), resources)

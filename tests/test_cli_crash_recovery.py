@@ -15,7 +15,7 @@ import pytest
 
 from assets.simulation.iot import SimulatorConfig, produce
 from assets.simulation.ads import generate_ads
-from resources.lake import LakeResource
+from resources.lake import LakeResource, LakeTable, bronze_table
 
 CLI = [sys.executable, "-m", "medallion.cli"]
 
@@ -52,11 +52,11 @@ def test_medallion_run_killed_twice_then_run_again_reconciles(broker, kafka, tmp
     assert all(n > 0 for n in summary["warehouse_rows"].values()) and summary["gold_rows"] == summary["warehouse_rows"], (summary["gold_rows"], summary["warehouse_rows"], summary["silver_rows"])
     assert all(summary["checks"].values()), summary["checks"]
 
-    lake = LakeResource(root=str(home / "lake"))
-    bronze = pl.concat([pl.scan_parquet(f).select("kafka_partition", "kafka_offset").collect() for f in sorted((lake.bronze_dir("iot")).glob("pk=*/p*.parquet"))])
+    lake = LakeResource(uri=str(home / "lake"))
+    bronze = lake.read_table(bronze_table("iot"), None, columns=["kafka_partition", "kafka_offset"])
     assert bronze.height == bronze.unique().height  # no record twice
-    silver = pl.read_parquet(sorted(lake.table_dir("silver", "iot", "silver").glob("pk=*/data.parquet")))
-    daily = pl.read_parquet(sorted(lake.table_dir("gold", "iot", "type_daily").glob("pk=*/data.parquet")))
+    silver = lake.read_table(LakeTable("silver", "iot", "silver"), None)
+    daily = lake.read_table(LakeTable("gold", "iot", "type_daily"), None)
     assert daily["count"].sum() == silver.height  # the daily rollup counts every Silver row once
 
     os.environ["DAGSTER_HOME"] = str(home / "dagster")

@@ -11,7 +11,7 @@ import pytest
 from medallion.summary import platform_summary
 from resources.embedded_broker import running_broker
 from resources.kafka import KafkaResource
-from resources.lake import LakeResource
+from resources.lake import LakeResource, LakeTable, bronze_table
 from resources.warehouse import WarehouseResource
 from tests.dev_server import DevServer
 
@@ -68,7 +68,7 @@ def test_daemon_follows_the_daily_rollup_and_recovers_runs_killed_with_it(medall
             # A started run at once; one that never got a worker once no worker could still report (30 s).
             assert time.monotonic() - up < 60
 
-            lake = LakeResource(root=str(medallion_home / "lake"))
+            lake = LakeResource(uri=str(medallion_home / "lake"))
             warehouse = WarehouseResource(chdb_path=str(medallion_home / "warehouse"))
             kafka = KafkaResource(bootstrap_servers=running_broker(medallion_home / "run").bootstrap)
             from assets.streams import STREAMS
@@ -89,10 +89,10 @@ def test_daemon_follows_the_daily_rollup_and_recovers_runs_killed_with_it(medall
             assert again["reconciled"] and again["consumed"] > 0
             assert again["consumed"] == again["bronze_rows"] + again["dead_letter_rows"]
             assert all(n > 0 for n in again["warehouse_rows"].values()), again["warehouse_rows"]
-            bronze = pl.concat([pl.read_parquet(f, columns=["kafka_partition", "kafka_offset"]) for f in sorted(lake.bronze_dir("iot").glob("pk=*/p*.parquet"))])
+            bronze = lake.read_table(bronze_table("iot"), None, columns=["kafka_partition", "kafka_offset"])
             assert bronze.height == bronze.unique().height
-            silver = pl.read_parquet(sorted(lake.table_dir("silver", "iot", "silver").glob("pk=*/data.parquet")), columns=["event_id"])
-            rollup = pl.read_parquet(sorted(lake.table_dir("gold", "iot", "type_daily").glob("pk=*/data.parquet")), columns=["count"])
+            silver = lake.read_table(LakeTable("silver", "iot", "silver"), None, columns=["event_id"])
+            rollup = lake.read_table(LakeTable("gold", "iot", "type_daily"), None, columns=["count"])
             assert rollup["count"].sum() == silver.height
             recovered = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/sensor_name": "recover_dead_runs"}))
             print(f"{len(stuck)} dead run(s), {len(recovered)} recovery run(s), summary {again['consumed']} consumed")

@@ -94,7 +94,7 @@ def test_broker_restarted_empty_is_noticed_not_skipped_or_reread(own_broker, set
     defs = definitions(spec, res)
     produce(kafka, spec.topic, [reading(i, T, sensor=i % 3) for i in range(60)])
     assert run_ingest(defs, spec, instance).success
-    committed = res["lake"].committed_offsets(spec.name, [0, 1, 2])
+    committed = res["lake"].committed_offsets(spec.name, spec.topic, [0, 1, 2])
 
     # Restart the broker on the same port: it comes back empty; producers refill the topic.
     port = own_broker["info"].port
@@ -111,7 +111,7 @@ def test_broker_restarted_empty_is_noticed_not_skipped_or_reread(own_broker, set
     result = run_ingest(defs, spec, instance, raise_on_error=False)
     assert not result.success
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]  # retrying cannot help
-    assert res["lake"].committed_offsets(spec.name, [0, 1, 2]) == committed  # nothing skipped or re-read
+    assert res["lake"].committed_offsets(spec.name, spec.topic, [0, 1, 2]) == committed  # nothing skipped or re-read
     assert res["lake"].count_bronze(spec.name) == 60
 
 
@@ -126,9 +126,9 @@ def test_topic_recreated_with_reused_offsets_is_noticed(own_broker, setup, insta
     own_broker["info"] = start_broker(own_broker["run_dir"], port=port)
     kafka.ensure_topics({spec.topic: 3, spec.dead_letter_topic: 1})
     produce(kafka, spec.topic, [dict(reading(500 + i, T), sensor_id="one-key") for i in range(50)])
-    before = res["lake"].committed_offsets(spec.name, [0, 1, 2])
+    before = res["lake"].committed_offsets(spec.name, spec.topic, [0, 1, 2])
     tick = sensor_tick(defs, spec, instance)
     assert not tick.run_requests and "different record" in tick.skip_message
     assert not run_ingest(defs, spec, instance, raise_on_error=False).success
-    assert res["lake"].committed_offsets(spec.name, [0, 1, 2]) == before
+    assert res["lake"].committed_offsets(spec.name, spec.topic, [0, 1, 2]) == before
     assert res["lake"].count_bronze(spec.name) == 5

@@ -3,9 +3,14 @@
 import json
 import shutil
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from deltalake import DeltaTable
+
+from assets.bronze import ingest_totals
+from resources.lake import bronze_table
 
 from tests.conftest import produce, reading
 from tests.helpers import definitions, run_ingest
@@ -32,7 +37,11 @@ def test_records_land_in_their_event_hour_and_bad_ones_in_dead_letter(spec, reso
     dead = lake.read_dead_letter(spec.name)
     assert sorted(dead["error_class"].to_list()) == ["empty", "invalid_json", "not_object", "not_utf8"]
     assert dead["error"].null_count() == 0
-    assert sum(e.end - e.start for e in lake.ledger(spec.name)) == 54 == lake.count_bronze(spec.name) + dead.height
+    assert ingest_totals(lake, spec)["consumed"] == 54 == lake.count_bronze(spec.name) + dead.height
+    # The Kafka offsets are committed inside the Delta commit: Bronze's transaction versions are the log ends.
+    table = DeltaTable(lake.table_uri(bronze_table(spec.name)))
+    ends = kafka.log_ends(spec.topic, {p: 0 for p in kafka.partitions(spec.topic)})
+    assert {p: table.transaction_version(f"{spec.topic}:{p}") for p in ends if ends[p]} == {p: e for p, e in ends.items() if e}
 
     events = {r.partition_key: r.asset_materialization.metadata for r in bronze_events(instance)}
     assert set(events) == {"2026-11-20-05:00", "2026-11-20-02:00"}
@@ -62,44 +71,43 @@ def test_repeated_runs_never_duplicate(spec, resources, instance, kafka):
     assert bronze.select(pl.struct("kafka_partition", "kafka_offset").n_unique()).item() == 50
 
 
-def test_crash_before_commit_is_discarded_and_read_again(spec, resources, instance, kafka):
-    """A run that staged files but died before its ledger record: recovery discards them, nothing doubles."""
+def test_files_of_a_run_that_died_before_its_commit_are_invisible_and_vacuumed(spec, resources, instance, kafka):
+    """A run that wrote data files into Bronze but died before its commit: no version references them, so
+    readers never see them, the offsets are read again, and vacuum removes the files."""
     defs = definitions(spec, resources)
     lake = resources["lake"]
     produce(kafka, spec.topic, [reading(i, H5, sensor=i % 3) for i in range(30)])
     assert run_ingest(defs, spec, instance).success
-    # Simulate the crashed run's leftovers: a staged copy of committed data under a fake, uncommitted range.
-    staged = lake.staging_dir(spec.name, "crashed-run") / "pk=2026-11-20-0500" / "p0-000000000000999-000000000001999.parquet"
-    staged.parent.mkdir(parents=True)
-    shutil.copy(lake.bronze_files(spec.name, "2026-11-20-05:00")[0], staged)
+    # The dead run's leftover: a copy of a committed data file under a name no commit has.
+    table = DeltaTable(lake.table_uri(bronze_table(spec.name)))
+    committed = table.file_uris()[0]
+    stray = Path(committed).with_name("part-from-a-run-that-died.zstd.parquet")
+    shutil.copy(committed, stray)
     produce(kafka, spec.topic, [reading(100, H5)])
-    result = run_ingest(defs, spec, instance)
-    assert result.success
-    assert not lake.staging_dir(spec.name, "crashed-run").exists()
-    assert lake.count_bronze(spec.name) == 31
-    logs = [e.user_message for e in instance.all_logs(result.run_id)]
-    assert any("discarded uncommitted staging crashed-run" in m for m in logs)
+    assert run_ingest(defs, spec, instance).success
+    assert lake.count_bronze(spec.name) == 31 == lake.read_bronze(spec.name, "2026-11-20-05:00").height
+    assert ingest_totals(lake, spec)["consumed"] == 31
+    vacuumed = DeltaTable(lake.table_uri(bronze_table(spec.name))).vacuum(retention_hours=0, enforce_retention_duration=False, full=True, dry_run=True)
+    assert vacuumed == [f"{stray.parent.name}/{stray.name}"]
 
 
-def test_crash_after_commit_is_rolled_forward_and_reported(spec, resources, instance, kafka):
-    """Ledger written, files still staged, no events logged: the next run finishes the move and reports."""
+def test_a_commit_whose_events_were_lost_is_announced_by_the_next_run(spec, resources, instance, kafka):
+    """Committed, then the run died before its events: the next run announces every partition the commit
+    touched, once, with the Bronze version it announces (here: a second instance that never saw the events)."""
     defs = definitions(spec, resources)
     lake = resources["lake"]
-    produce(kafka, spec.topic, [dict(reading(i, H5), sensor_id="k") for i in range(10)])
+    produce(kafka, spec.topic, [reading(i, H5) for i in range(10)] + [reading(20 + i, H2) for i in range(5)])
     assert run_ingest(defs, spec, instance).success
-    [entry] = lake.ledger(spec.name)
-    # Undo the publish: move the committed file back to staging and forget that it was reported.
-    rel = entry.files[0]
-    staging = lake.staging_dir(spec.name, "half-done")
-    (staging / rel).parent.mkdir(parents=True)
-    shutil.move(lake.bronze_dir(spec.name) / rel, staging / rel)
-    shutil.rmtree(lake.ledger_dir(spec.name) / "_reported")
-    before = len(bronze_events(instance))
-
-    assert run_ingest(defs, spec, instance).success
-    assert lake.count_bronze(spec.name) == 10
-    assert len(bronze_events(instance)) == before + 1  # re-reported: downstream hears about it
-    assert lake.unreported_entries(spec.name) == []
+    version = lake.version(bronze_table(spec.name))
+    with dg.instance_for_test() as fresh:
+        assert run_ingest(defs, spec, fresh).success
+        events = {r.partition_key: r.asset_materialization.metadata for r in bronze_events(fresh)}
+        assert set(events) == {"2026-11-20-05:00", "2026-11-20-02:00"}
+        assert {m["lake/version"].value for m in events.values()} == {version}
+        assert events["2026-11-20-05:00"]["dagster/row_count"].value == 10
+        assert run_ingest(defs, spec, fresh).success
+        assert len(bronze_events(fresh)) == 2  # announced once
+    assert lake.count_bronze(spec.name) == 15 and lake.version(bronze_table(spec.name)) == version  # nothing re-ingested
 
 
 def test_unplaceable_future_event_is_dead_lettered(spec, resources, instance, kafka):

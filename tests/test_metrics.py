@@ -19,6 +19,7 @@ from medallion.metrics import MedallionCollector, exposed_names, make_registry, 
 from resources.embedded_broker import start_broker, stop_broker
 from resources.kafka import KafkaResource
 from resources.locks import exclusive_lock
+from assets.bronze import ingest_totals
 from tests.conftest import produce, reading
 from tests.helpers import definitions
 
@@ -70,7 +71,7 @@ def test_figures_equal_the_lake_and_lag_counts_new_events(spec, resources, insta
     m = scrape(render(registry))
     s = {"stream": "iot"}
 
-    consumed = sum(e.end - e.start for e in lake.ledger(spec.name))
+    consumed = ingest_totals(lake, spec)["consumed"]
     assert value(m, "records_consumed_total", **s) == consumed == 206
     assert value(m, "records_ingested_total", **s) == lake.count_bronze(spec.name) == 204
     assert value(m, "records_dead_lettered_total", **s) == lake.count_dead_letter(spec.name) == 2
@@ -80,7 +81,7 @@ def test_figures_equal_the_lake_and_lag_counts_new_events(spec, resources, insta
     assert value(m, "quarantine_ratio", **s) == pytest.approx(4 / 204)
 
     assert value(m, "kafka_up") == 1
-    committed = lake.committed_offsets(spec.name, [0, 1, 2])
+    committed = lake.committed_offsets(spec.name, spec.topic, [0, 1, 2])
     assert series(m, "kafka_committed_offset") == {str(p): float(o) for p, o in committed.items()}
     assert series(m, "kafka_log_end_offset") == {str(p): float(o) for p, o in committed.items()}
     assert set(series(m, "kafka_consumer_lag").values()) == {0.0}
