@@ -82,14 +82,19 @@ class DataFiles:
     def write(self, df: pl.DataFrame, partition: str | None) -> None:
         table = arrow_table(df.drop(PARTITION_COLUMN, strict=False))
         path, rel = self.path_for(partition)
-        self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        self.make_parent(path)
         pq.write_table(table, path, filesystem=self.filesystem, compression="zstd", compression_level=1)
         self.add(path, rel, partition, table.schema, table.num_rows)
 
     def open_writer(self, schema: pa.Schema, partition: str | None) -> "StreamingFile":
         path, rel = self.path_for(partition)
-        self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        self.make_parent(path)
         return StreamingFile(self, path, rel, partition, schema)
+
+    def make_parent(self, path: str) -> None:
+        # Object stores have no directories (on S3 this would leave empty marker objects in the table).
+        if not isinstance(self.filesystem, pafs.S3FileSystem):
+            self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
 
     def add(self, path: str, rel: str, partition: str | None, schema: pa.Schema, rows: int) -> None:
         size = self.filesystem.get_file_info(path).size

@@ -402,11 +402,11 @@ class LakeResource(dg.ConfigurableResource):
         """Store `body` at `rel` under the lake, whole or not at all. `private`: owner-only on a local disk."""
         fs, root = self.filesystem()
         final = f"{root}/{rel}"
-        fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         if self.is_s3:
             with fs.open_output_stream(final) as f:  # an S3 PUT is atomic
                 f.write(body)
             return
+        fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         tmp = f"{final.rsplit('/', 1)[0]}/.{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
         with os.fdopen(fd, "wb") as f:

@@ -17,7 +17,9 @@ settings.register_profile("medallion", database=None, print_blob=True)
 settings.load_profile("medallion")
 
 from assets.streams.iot import IOT
+from resources.config import lake_resource
 from resources.embedded_broker import start_broker, stop_broker
+from resources.embedded_s3 import start_s3
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.warehouse import WarehouseResource
@@ -46,11 +48,41 @@ def kafka(broker) -> KafkaResource:
     return KafkaResource(bootstrap_servers=broker, timeout_s=5.0)
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on loopback for the tests' `s3://` lakes."""
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+# Modules whose tests run on both lakes: `pytestmark = ON_BOTH_LAKES`.
+ON_BOTH_LAKES = pytest.mark.parametrize("lake_kind", ["local", "s3"], indirect=True)
+
+
 @pytest.fixture
-def resources(kafka, tmp_path) -> dict:
+def lake_kind(request) -> str:
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture
+def lake(lake_kind, tmp_path, monkeypatch, request) -> LakeResource:
+    """The test's lake: a directory, or (lake_kind "s3") a prefix of its own on the S3 server, which the
+    environment then names too (MEDALLION_LAKE_URI + AWS_*), so CLI and child processes find it."""
+    if lake_kind == "local":
+        return LakeResource(uri=str(tmp_path / "lake"))
+    server = request.getfixturevalue("s3_server")
+    env = server.env(prefix=f"t-{uuid.uuid4().hex[:10]}")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return lake_resource().process_config_and_initialize()
+
+
+@pytest.fixture
+def resources(kafka, tmp_path, lake) -> dict:
     return {
         "kafka": kafka,
-        "lake": LakeResource(uri=str(tmp_path / "lake")),
+        "lake": lake,
         "warehouse": WarehouseResource(chdb_path=str(tmp_path / "warehouse")),
     }
 

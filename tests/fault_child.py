@@ -14,6 +14,7 @@ from assets.streams.iot import IOT
 from medallion.backfill import backfill
 from medallion.definitions import build_definitions
 from resources.kafka import KafkaResource
+from resources.config import lake_resource
 from resources.lake import LakeResource
 from resources.warehouse import WarehouseResource
 from sensors.dead_runs import owner_tags
@@ -24,7 +25,8 @@ def main(argv: list[str]) -> int:
     spec = dataclasses.replace(IOT, topic=topic)
     resources = {
         "kafka": KafkaResource(bootstrap_servers=bootstrap, timeout_s=5.0),
-        "lake": LakeResource(uri=lake_root),
+        # An s3:// lake takes its endpoint and keys from the environment (AWS_*), as `medallion` does.
+        "lake": lake_resource().process_config_and_initialize() if lake_root.startswith("s3://") else LakeResource(uri=lake_root),
         "warehouse": WarehouseResource(chdb_path=chdb_path),
     }
     defs = build_definitions((spec,), resources)

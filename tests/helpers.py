@@ -45,3 +45,16 @@ def materialize(defs: dg.Definitions, keys: list[str], partition_key: str, insta
         asset_selection=[dg.AssetKey(k) for k in keys],
         raise_on_error=raise_on_error,
     )
+
+
+def lake_objects(lake, suffix: str = "") -> list[tuple[str, bytes]]:
+    """Every object under the lake (local directory or S3 prefix) whose name ends with `suffix`: (path, bytes)."""
+    import pyarrow.fs as pafs
+
+    fs, root = lake.filesystem()
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.path.endswith(suffix):
+            with fs.open_input_stream(info.path) as f:
+                out.append((info.path, f.read()))
+    return out

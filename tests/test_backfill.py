@@ -5,8 +5,11 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from resources.kafka import KafkaResource
-from tests.conftest import produce, reading
+from tests.conftest import ON_BOTH_LAKES, produce, reading
 from tests.helpers import content_hash, definitions, materialize, run_ingest
+
+
+pytestmark = ON_BOTH_LAKES
 
 START = datetime(2026, 11, 18, 22, 0, tzinfo=timezone.utc)
 GOLD = ["gold_iot_sensor_5m", "gold_iot_location_hourly"]

@@ -8,8 +8,11 @@ import polars as pl
 import pytest
 
 from assets.bronze import ingest_totals, needs_announcing
-from tests.conftest import produce, reading, run_child
+from tests.conftest import ON_BOTH_LAKES, produce, reading, run_child
 from tests.helpers import content_hash, definitions, materialize, run_ingest, sensor_tick
+
+
+pytestmark = ON_BOTH_LAKES
 
 T = datetime(2026, 11, 20, 4, 50, tzinfo=timezone.utc)  # spans hours 04 and 05
 INGEST_FAILPOINTS = [

@@ -1,19 +1,20 @@
 """Kafka -> Bronze on a real broker: exactly once, dead-letter with reasons, a materialization per partition."""
 
 import json
-import shutil
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from urllib.parse import unquote
 
 import dagster as dg
 import polars as pl
-from deltalake import DeltaTable
-
 from assets.bronze import ingest_totals
+from resources.delta import add_actions
 from resources.lake import bronze_table
+from tests.conftest import ON_BOTH_LAKES
 
 from tests.conftest import produce, reading
 from tests.helpers import definitions, run_ingest
+
+pytestmark = ON_BOTH_LAKES
 
 H5 = datetime(2026, 11, 20, 5, 10, tzinfo=timezone.utc)
 H2 = datetime(2026, 11, 20, 2, 30, tzinfo=timezone.utc)
@@ -39,7 +40,7 @@ def test_records_land_in_their_event_hour_and_bad_ones_in_dead_letter(spec, reso
     assert dead["error"].null_count() == 0
     assert ingest_totals(lake, spec)["consumed"] == 54 == lake.count_bronze(spec.name) + dead.height
     # The Kafka offsets are committed inside the Delta commit: Bronze's transaction versions are the log ends.
-    table = DeltaTable(lake.table_uri(bronze_table(spec.name)))
+    table = lake.open(bronze_table(spec.name))
     ends = kafka.log_ends(spec.topic, {p: 0 for p in kafka.partitions(spec.topic)})
     assert {p: table.transaction_version(f"{spec.topic}:{p}") for p in ends if ends[p]} == {p: e for p, e in ends.items() if e}
 
@@ -79,16 +80,16 @@ def test_files_of_a_run_that_died_before_its_commit_are_invisible_and_vacuumed(s
     produce(kafka, spec.topic, [reading(i, H5, sensor=i % 3) for i in range(30)])
     assert run_ingest(defs, spec, instance).success
     # The dead run's leftover: a copy of a committed data file under a name no commit has.
-    table = DeltaTable(lake.table_uri(bronze_table(spec.name)))
-    committed = table.file_uris()[0]
-    stray = Path(committed).with_name("part-from-a-run-that-died.zstd.parquet")
-    shutil.copy(committed, stray)
+    fs, root = lake.filesystem()
+    committed = unquote(add_actions(lake.open(bronze_table(spec.name)))["path"][0])
+    stray = f"{committed.rsplit('/', 1)[0]}/part-from-a-run-that-died.zstd.parquet"
+    fs.copy_file(f"{root}/bronze/{spec.name}/{committed}", f"{root}/bronze/{spec.name}/{stray}")
     produce(kafka, spec.topic, [reading(100, H5)])
     assert run_ingest(defs, spec, instance).success
     assert lake.count_bronze(spec.name) == 31 == lake.read_bronze(spec.name, "2026-11-20-05:00").height
     assert ingest_totals(lake, spec)["consumed"] == 31
-    vacuumed = DeltaTable(lake.table_uri(bronze_table(spec.name))).vacuum(retention_hours=0, enforce_retention_duration=False, full=True, dry_run=True)
-    assert vacuumed == [f"{stray.parent.name}/{stray.name}"]
+    vacuumed = lake.open(bronze_table(spec.name)).vacuum(retention_hours=0, enforce_retention_duration=False, full=True, dry_run=True)
+    assert [unquote(v).removeprefix(lake.table_uri(bronze_table(spec.name)) + "/") for v in vacuumed] == [unquote(stray)]
 
 
 def test_a_commit_whose_events_were_lost_is_announced_by_the_next_run(spec, resources, instance, kafka):
