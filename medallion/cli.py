@@ -130,7 +130,18 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    table = _resources()["warehouse"].query_arrow(args.query)
+    resources = _resources()
+    local_lake = resources["lake"].local_root
+    if local_lake is not None and local_lake.exists():
+        # Embedded chDB lets file table functions read only inside its working directory: the local lake, so
+        # `deltaLakeLocal('<lake>/silver/iot/silver')` works.
+        os.chdir(local_lake)
+    try:
+        table = resources["warehouse"].query_arrow(args.query)
+    except Exception as exc:  # noqa: BLE001 - a bad query or an unreachable server: one line, not a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"medallion sql: {first}", file=sys.stderr)
+        return 1
     rows = table.to_pylist()
     if args.format == "json":
         print(json.dumps(rows, default=str))
@@ -141,14 +152,54 @@ def cmd_sql(args) -> int:
         w.writerows([r[c] for c in table.column_names] for r in rows)
         print(buf.getvalue(), end="")
     else:
-        cols = table.column_names
-        cells = [[str(r[c]) for c in cols] for r in rows]
-        widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
-        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-        print("  ".join("-" * w for w in widths))
-        for x in cells:
-            print("  ".join(v.ljust(w) for v, w in zip(x, widths)))
+        from tabulate import tabulate
+
+        print(tabulate([[r[c] for c in table.column_names] for r in rows], headers=table.column_names))
     return 0
+
+
+def cmd_lake(args) -> int:
+    from dagster import DagsterInstance
+    from tabulate import tabulate
+
+    from assets.streams import STREAMS
+    from medallion.lake_info import LakeCommandError, find_table, partition_history, rollback, table_rows
+
+    lake = _resources()["lake"]
+    try:
+        if args.action == "tables":
+            rows = table_rows(lake, STREAMS)
+            if args.json:
+                print(json.dumps(rows))
+            else:
+                print(tabulate([[r["name"], r["version"] if r["version"] is not None else "-", r["rows"], ",".join(r["partition_by"]) or "-", r["uri"]] for r in rows],
+                               headers=["table", "version", "rows", "partition_by", "uri"]))  # fmt: skip
+            return 0
+        if not args.table:
+            raise LakeCommandError(f"`medallion lake {args.action}` needs a table name (see `medallion lake`)")
+        table = find_table(lake, STREAMS, args.table)
+        if args.action == "history":
+            rows = partition_history(lake, table, args.partition)
+            if args.json:
+                print(json.dumps(rows, default=str))
+            else:
+                print(tabulate([[r["version"], r["at"], r["operation"], r["rows"] if r["rows"] is not None else "", r["run_id"] or "", json.dumps(r["detail"]) if r["detail"] else ""] for r in rows],
+                               headers=["version", "at", "operation", "rows", "run", "detail"]))  # fmt: skip
+            return 0
+        if args.partition is None or args.to_version is None:
+            raise LakeCommandError("`medallion lake rollback TABLE --partition KEY --to-version N`: both are needed")
+        from medallion.stack import prepare_dagster_home
+
+        prepare_dagster_home(load_settings())
+        with DagsterInstance.get() as instance:
+            done = rollback(lake, instance, STREAMS, table, args.partition, args.to_version)
+        print(json.dumps(done) if args.json else
+              f"{done['table']} {done['partition']}: the rows of version {done['rolled_back_to']} are version {done['version']} now "
+              "(reported to Dagster: automation re-derives what depends on it)")  # fmt: skip
+        return 0
+    except LakeCommandError as exc:
+        print(f"medallion lake: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_broker(args) -> int:
@@ -310,6 +361,20 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("query")
     q.add_argument("--format", choices=["json", "csv", "table"], default="table")
     q.set_defaults(fn=cmd_sql)
+
+    lk = sub.add_parser(
+        "lake",
+        help="the lake's Delta tables: list them, a table's (or partition's) history, roll a partition back",
+        description="Every lake table is a Delta table (read it with polars `pl.scan_delta(uri)`, ClickHouse `deltaLakeLocal(...)`, "
+        "Spark, or any Delta reader). `tables` lists name, version, rows, partition_by and uri; `history` shows the commits; "
+        "`rollback` publishes an earlier version of one Silver or Gold partition as the newest.",
+    )
+    lk.add_argument("action", nargs="?", choices=["tables", "history", "rollback"], default="tables")
+    lk.add_argument("table", nargs="?", help="a table name from `medallion lake`, e.g. silver_iot")
+    lk.add_argument("--partition", help="a partition key, e.g. 2026-11-20-05:00")
+    lk.add_argument("--to-version", type=int, help="rollback: the version whose rows the partition gets back")
+    lk.add_argument("--json", action="store_true", help="print JSON (one line)")
+    lk.set_defaults(fn=cmd_lake)
 
     b = sub.add_parser("broker", help="the embedded Kafka broker of this MEDALLION_HOME")
     b.add_argument("action", choices=["start", "stop", "status"])
