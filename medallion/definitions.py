@@ -7,6 +7,7 @@ import dagster as dg
 from assets import keys
 from assets.erasure import erasure_job
 from assets.factory import build_stream, rederive_jobs
+from assets.maintenance import build_maintenance
 from assets.spec import StreamSpec
 from assets.streams import STREAMS
 from resources.config import alert_webhook, platform_resources
@@ -31,9 +32,11 @@ def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict
             sensors.append(build_history_sensor(spec, rederive[keys.silver_key(spec).to_user_string()]))
     jobs += list({j.name: j for j in rederive.values()}.values())
     sensors += [build_dead_run_sensor(rederive), alert_on_run_failure, build_check_failure_alert(streams)]
+    maintenance, maintenance_schedule = build_maintenance(streams)
     return dg.Definitions(
-        assets=assets,
-        jobs=[*jobs, erasure_job(streams)],
+        assets=[*assets, maintenance],
+        jobs=[*jobs, erasure_job(streams), maintenance_schedule.job],
+        schedules=[maintenance_schedule],
         sensors=sensors,
         resources={"spark": SparkEngine(), "alerts": alert_webhook(), **(resources if resources is not None else platform_resources())},
         # In-process: a run of one partition is seconds of work; a subprocess per step would triple it.

@@ -1,0 +1,60 @@
+"""Lake maintenance compacts the small files of many small ingest commits, checkpoints and vacuums; the
+data and every snapshot a reader holds stay as they were."""
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import polars as pl
+
+from resources.delta import add_actions
+from resources.lake import bronze_table
+from tests.conftest import ON_BOTH_LAKES, produce, reading
+from tests.helpers import content_hash, definitions, run_ingest
+
+pytestmark = ON_BOTH_LAKES
+T = datetime(2026, 11, 20, 7, 0, tzinfo=timezone.utc)
+PK = "2026-11-20-07:00"
+
+
+def maintain(defs, instance, retention_hours: int):
+    job = defs.resolve_job_def("lake_maintenance")
+    return job.execute_in_process(instance=instance, run_config={"ops": {"lake_maintenance": {"config": {"retention_hours": retention_hours}}}})
+
+
+def test_maintenance_compacts_checkpoints_and_vacuums_without_changing_data(spec, resources, instance, kafka):
+    defs = definitions(spec, resources)
+    lake = resources["lake"]
+    for batch in range(6):  # six small ingest commits: six files per Kafka partition in the hour
+        produce(kafka, spec.topic, [reading(100 * batch + i, T + timedelta(minutes=batch, seconds=i), sensor=i % 3) for i in range(30)])
+        assert run_ingest(defs, spec, instance).success
+    before = content_hash(lake.read_bronze(spec.name, PK))
+    files_before = add_actions(lake.open(bronze_table(spec.name))).height
+    reader = lake.open(bronze_table(spec.name))  # a snapshot a run is reading right now
+    offsets = lake.committed_offsets(spec.name, spec.topic, [0, 1, 2])
+
+    result = maintain(defs, instance, retention_hours=6)
+    assert result.success
+    [event] = instance.fetch_materializations(dg.AssetKey("lake_maintenance"), limit=1).records
+    figures = event.asset_materialization.metadata["tables"].value[bronze_table(spec.name).name]
+    files_after = add_actions(lake.open(bronze_table(spec.name))).height
+    assert figures["files_before"] == files_before >= 12 and figures["files_after"] == files_after <= 3
+    assert figures["bytes_after"] > 0 and figures["files_compacted"] == files_before
+    assert content_hash(lake.read_bronze(spec.name, PK)) == before  # same rows
+    assert lake.committed_offsets(spec.name, spec.topic, [0, 1, 2]) == offsets  # compaction moves no offset
+    assert pl.scan_delta(reader).select(pl.len()).collect().item() == 180  # the old snapshot still reads: its files are kept
+    assert figures["files_vacuumed"] == 0
+
+    # With no retention the replaced small files go (an old snapshot can no longer be read then).
+    assert maintain(defs, instance, retention_hours=0).success
+    [event] = instance.fetch_materializations(dg.AssetKey("lake_maintenance"), limit=1).records
+    assert event.asset_materialization.metadata["tables"].value[bronze_table(spec.name).name]["files_vacuumed"] == files_before
+    assert content_hash(lake.read_bronze(spec.name, PK)) == before
+    produce(kafka, spec.topic, [reading(9000, T + timedelta(minutes=30))])
+    assert run_ingest(defs, spec, instance).success  # ingest goes on after maintenance, exactly once
+    assert lake.count_bronze(spec.name) == 181
+
+
+def test_the_maintenance_schedule_runs_by_default(spec, resources):
+    defs = definitions(spec, resources)
+    schedule = defs.resolve_schedule_def("lake_maintenance_hourly")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.job_name == "lake_maintenance"
