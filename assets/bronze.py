@@ -171,7 +171,7 @@ def _already_dead(lake: LakeResource, spec: StreamSpec, snapshot: IngestSnapshot
     """Offsets in dead-letter past Bronze's committed offsets (a run died between its two commits)."""
     if not snapshot.dead_letter_ahead:
         return {}
-    dead = pl.scan_delta(snapshot.dead_letter).select("kafka_partition", "kafka_offset").collect()
+    dead = lake.scan(dead_letter_table(spec.name), snapshot.dead_letter).select("kafka_partition", "kafka_offset").collect()
     out = {}
     for kp, upto in snapshot.dead_letter_ahead.items():
         offs = dead.filter((pl.col("kafka_partition") == kp) & pl.col("kafka_offset").is_between(snapshot.start[kp], upto, closed="left"))

@@ -287,7 +287,7 @@ def _plan_gold(plan: _Plan, spec: StreamSpec, table, m: _Match, rewritten: list[
     gold_pks = {table.partitions.get_partition_key_for_timestamp(window(spec.partitions, pk)[0].timestamp()) for pk in rewritten}
     dt = lake.open(gold_t)
     if dt is not None and spec.subject.column in [f.name for f in dt.schema().fields]:
-        holding = pl.scan_delta(dt).filter(m.expr("gold")).select(PARTITION_COLUMN).unique().collect()
+        holding = lake.scan(gold_t, dt).filter(m.expr("gold")).select(PARTITION_COLUMN).unique().collect()
         gold_pks |= set(holding[PARTITION_COLUMN].to_list())
     gold_pks = sorted(pk for pk in gold_pks if pk in published)
     for gpk in gold_pks:

@@ -18,6 +18,7 @@ an app transaction `<topic>:<partition>`: the table's transaction versions are t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -26,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Optional
 from urllib.parse import unquote
 
+import backoff
 import dagster as dg
 import polars as pl
 import pyarrow.fs as pafs
@@ -60,7 +62,42 @@ class RowDelete:
             raise
 
 
-__all__ = ["LakeResource", "LakeTable", "CommitConflict", "PARTITION_COLUMN", "COMMIT_KEY"]
+class LakeUnavailableError(RuntimeError):
+    """The object store did not answer within the retry budget; nothing was committed."""
+
+
+_OUTAGE_SIGNS = ("NETWORK_CONNECTION", "Generic S3 error", "error sending request", "Connection refused", "connection refused",
+                 "curlCode", "dns error", "timed out", "Couldn't connect")  # fmt: skip
+
+
+def _outage_as_error(fn):
+    """On an s3:// lake: retry the call with exponential backoff within `retry_timeout_s`, then raise one
+    clear LakeUnavailableError (the run fails, or its retry policy tries again; nothing half-published)."""
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        if not self.is_s3:
+            return fn(self, *args, **kwargs)
+
+        def is_outage(exc: BaseException) -> bool:
+            return isinstance(exc, OSError) and any(sign in str(exc) for sign in _OUTAGE_SIGNS)
+
+        retrying = backoff.on_exception(backoff.expo, OSError, max_time=self.retry_timeout_s, giveup=lambda e: not is_outage(e), factor=0.5, max_value=5, logger=None)
+        try:
+            return retrying(fn)(self, *args, **kwargs)
+        except OSError as exc:
+            if not is_outage(exc):
+                raise
+            first = str(exc).strip().splitlines()[0][:200]
+            raise LakeUnavailableError(
+                f"object store {self.aws_endpoint_url or 'S3'} unreachable for {self.uri} ({first}); retried for "
+                f"{self.retry_timeout_s} s. Nothing was committed: readers keep the previous version. Retry once it is back."
+            ) from exc
+
+    return call
+
+
+__all__ = ["LakeResource", "LakeTable", "LakeUnavailableError", "CommitConflict", "PARTITION_COLUMN", "COMMIT_KEY"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +150,7 @@ class LakeResource(dg.ConfigurableResource):
     aws_access_key_id: Optional[str] = None
     aws_secret_access_key: Optional[str] = None
     aws_allow_http: bool = False
+    retry_timeout_s: int = Field(default=30, description="object store: retry a failing request with backoff for this long, then fail")
 
     # -- where things are ---------------------------------------------------------------------------
     @property
@@ -129,10 +167,20 @@ class LakeResource(dg.ConfigurableResource):
             "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
             "AWS_ALLOW_HTTP": "true" if self.aws_allow_http else None,
+            # Requests are retried with exponential backoff for a bounded time, then the operation fails.
+            "retry_timeout": f"{self.retry_timeout_s}s",
+            "backoff_config.init_backoff": "200ms",
+            "backoff_config.max_backoff": "5s",
+            "connect_timeout": "5s",
             # Commits are made safe by S3's conditional writes (put-if-absent), not by a lock service.
             "conditional_put": "etag",
         }
         return {k: v for k, v in opts.items() if v is not None}
+
+    def scan(self, t: LakeTable, dt: DeltaTable) -> pl.LazyFrame:
+        """A polars scan of snapshot `dt` of `t` (polars takes its own retry settings, as numbers)."""
+        opts = {**self.storage_options, "max_retries": 10, "retry_timeout_ms": self.retry_timeout_s * 1000} if self.is_s3 else None
+        return pl.scan_delta(self.table_uri(t), version=dt.version(), storage_options=opts)
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         """(pyarrow filesystem, the lake's root in it) for the data files, audit entries and requests."""
@@ -147,7 +195,8 @@ class LakeResource(dg.ConfigurableResource):
             endpoint_override=endpoint.split("://", 1)[-1] or None,
             scheme=scheme,
             allow_bucket_creation=False,
-            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max(2, self.retry_timeout_s // 3)),
+            connect_timeout=5,
         )
         return fs, self.uri.removeprefix("s3://").rstrip("/")
 
@@ -161,9 +210,11 @@ class LakeResource(dg.ConfigurableResource):
     def table_uri(self, t: LakeTable) -> str:
         return f"{self.uri.rstrip('/')}/{t.path}"
 
+    @_outage_as_error
     def open(self, t: LakeTable, version: int | None = None) -> DeltaTable | None:
         return delta.open_table(self.table_uri(t), self.storage_options, version)
 
+    @_outage_as_error
     def ensure(self, t: LakeTable, file_schema) -> DeltaTable:
         """The table, created empty if missing: a writer that read "no table" could not tell another
         writer's first commit from its own."""
@@ -173,6 +224,7 @@ class LakeResource(dg.ConfigurableResource):
         fs, root = self.filesystem()
         return DataFiles(fs, f"{root}/{t.path}")
 
+    @_outage_as_error
     def commit(self, t: LakeTable, files: DataFiles, **kwargs) -> int:
         return delta.commit(self.table_uri(t), self.storage_options, files, partitioned=t.partitioned, **kwargs)
 
@@ -187,6 +239,7 @@ class LakeResource(dg.ConfigurableResource):
         return out
 
     # -- published partitions (Silver, quarantine, history, Gold) -----------------------------------
+    @_outage_as_error
     def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict) -> int:
         """Replace one partition with `df` in one commit (its manifest in the commit metadata). Returns the
         Delta version that holds it."""
@@ -205,6 +258,7 @@ class LakeResource(dg.ConfigurableResource):
         """The rows of `partition_keys` (None if none of them is published)."""
         return self.read_table(LakeTable(layer, stream, table), partition_keys, version, columns)
 
+    @_outage_as_error
     def read_table(self, t: LakeTable, partition_keys: list[str] | None, version: int | None = None, columns: list[str] | None = None, exclude: list[str] | None = None) -> pl.DataFrame | None:
         dt = self.open(t, version)
         if dt is None:
@@ -214,7 +268,7 @@ class LakeResource(dg.ConfigurableResource):
             partition_keys = [k for k in partition_keys if k in present]
             if not partition_keys:
                 return None
-        frame = pl.scan_delta(dt)
+        frame = self.scan(t, dt)
         if partition_keys is not None:
             # Partition by partition, in the order asked for: the same rows always come in the same order
             # (a file order that changed with a rewrite would change float sums downstream in the last bit).
@@ -234,6 +288,7 @@ class LakeResource(dg.ConfigurableResource):
             return {}
         return dict(adds.group_by(col).agg(pl.col("num_records").sum()).sort(col).iter_rows())
 
+    @_outage_as_error
     def partition_rows(self, layer: str, stream: str, table: str) -> dict[str, int]:
         dt = self.open(LakeTable(layer, stream, table))
         return {} if dt is None else self.partition_rows_of(dt)
@@ -248,6 +303,7 @@ class LakeResource(dg.ConfigurableResource):
     def count_rows(self, layer: str, stream: str, table: str) -> int:
         return self.count(LakeTable(layer, stream, table))
 
+    @_outage_as_error
     def count(self, t: LakeTable) -> int:
         dt = self.open(t)
         if dt is None:
@@ -255,6 +311,7 @@ class LakeResource(dg.ConfigurableResource):
         adds = delta.add_actions(dt)
         return int(adds["num_records"].sum()) if adds.height else 0
 
+    @_outage_as_error
     def version(self, t: LakeTable) -> int | None:
         dt = self.open(t)
         return None if dt is None else dt.version()
@@ -267,6 +324,7 @@ class LakeResource(dg.ConfigurableResource):
     def read_bronze(self, stream: str, partition_key: str, exclude: list[str] | None = None, version: int | None = None) -> pl.DataFrame | None:
         return self.read_table(bronze_table(stream), [partition_key], version, exclude=exclude)
 
+    @_outage_as_error
     def attach_bronze_payloads(self, stream: str, partition_key: str, rows: pl.DataFrame, version: int | None = None) -> pl.DataFrame:
         """`rows` (with kafka_partition/kafka_offset) plus their raw `payload`, read back from Bronze."""
         dt = self.open(bronze_table(stream), version)
@@ -274,7 +332,7 @@ class LakeResource(dg.ConfigurableResource):
             return rows.with_columns(pl.lit(None, pl.String).alias("payload"))
         wanted = rows.select("kafka_partition", "kafka_offset")
         payloads = (
-            pl.scan_delta(dt)
+            self.scan(bronze_table(stream), dt)
             .filter(pl.col(PARTITION_COLUMN) == partition_key)
             .select("kafka_partition", "kafka_offset", "payload")
             .join(wanted.lazy(), on=["kafka_partition", "kafka_offset"], how="semi")
@@ -292,6 +350,7 @@ class LakeResource(dg.ConfigurableResource):
     def read_dead_letter(self, stream: str) -> pl.DataFrame | None:
         return self.read_table(dead_letter_table(stream), None)
 
+    @_outage_as_error
     def committed_offsets(self, stream: str, topic: str, kafka_partitions: list[int], snapshot: DeltaTable | None = None) -> dict[int, int]:
         """Next offset to read per Kafka partition: Bronze's app transaction versions (0 if none)."""
         dt = snapshot if snapshot is not None else self.open(bronze_table(stream))
@@ -301,6 +360,7 @@ class LakeResource(dg.ConfigurableResource):
             out[p] = v or 0
         return out
 
+    @_outage_as_error
     def commits(self, t: LakeTable, since_version: int = 0, operation: str | None = None) -> list[tuple[int, dict]]:
         """(version, metadata) of the platform's commits to `t` from `since_version` on, oldest first."""
         dt = self.open(t)
@@ -313,6 +373,7 @@ class LakeResource(dg.ConfigurableResource):
                 out.append((entry["version"], meta))
         return sorted(out, key=lambda x: x[0])
 
+    @_outage_as_error
     def latest_commit(self, t: LakeTable, operation: str, snapshot: DeltaTable | None = None) -> tuple[int, dict] | None:
         """The newest commit of `operation` (maintenance and erasures commit in between), newest pages first."""
         dt = snapshot if snapshot is not None else self.open(t)
@@ -329,6 +390,7 @@ class LakeResource(dg.ConfigurableResource):
                 return None
             limit *= 8
 
+    @_outage_as_error
     def partition_times(self, t: LakeTable) -> dict[str, int]:
         """Per partition, when its newest data file was written (ms since the epoch, from the commit log)."""
         dt = self.open(t)
@@ -351,6 +413,7 @@ class LakeResource(dg.ConfigurableResource):
             pass
 
     # -- rewriting rows in place (erasure): one commit per table ------------------------------------
+    @_outage_as_error
     def plan_delete(self, t: LakeTable, mask, columns: list[str] | None = None, prefilter: pl.Expr | None = None, partitions: set[str] | None = None) -> "RowDelete | None":
         """Write the files that replace every data file of `t` holding rows `mask(frame)` selects (the rest of
         their rows), without committing. Candidates: files in `partitions`, and files with a row matching
@@ -389,6 +452,7 @@ class LakeResource(dg.ConfigurableResource):
             return None
         return RowDelete(self, t, dt, files, removed, pl.concat(hits, how="vertical_relaxed"))
 
+    @_outage_as_error
     def vacuum_all_versions(self, t: LakeTable) -> int:
         """Remove every file no longer in the latest version: earlier versions can no longer be read (time
         travel must not bring back erased rows). Returns the files removed."""
@@ -398,6 +462,7 @@ class LakeResource(dg.ConfigurableResource):
         return len(dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False))
 
     # -- small objects beside the tables: audit entries, requests, markers (local files or S3 objects) -
+    @_outage_as_error
     def put_object(self, rel: str, body: bytes, private: bool = False) -> None:
         """Store `body` at `rel` under the lake, whole or not at all. `private`: owner-only on a local disk."""
         fs, root = self.filesystem()
@@ -415,6 +480,7 @@ class LakeResource(dg.ConfigurableResource):
             os.fsync(f.fileno())
         os.replace(tmp, final)
 
+    @_outage_as_error
     def get_object(self, rel: str) -> bytes | None:
         fs, root = self.filesystem()
         try:
@@ -423,12 +489,14 @@ class LakeResource(dg.ConfigurableResource):
         except FileNotFoundError:
             return None
 
+    @_outage_as_error
     def list_objects(self, prefix: str, suffix: str = ".json") -> list[str]:
         """Names (without the prefix) of the objects directly under `prefix`, sorted."""
         fs, root = self.filesystem()
         infos = fs.get_file_info(pafs.FileSelector(f"{root}/{prefix}", allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
 
+    @_outage_as_error
     def delete_object(self, rel: str) -> None:
         fs, root = self.filesystem()
         try:
