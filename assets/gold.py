@@ -42,8 +42,8 @@ def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partitio
     return source_keys, silver_rows
 
 
-def gold_manifest(partition_key: str, source_keys: list[str], silver_rows: pl.DataFrame) -> dict:
-    return {"partition": partition_key, "silver_partitions": source_keys, "silver_rows": silver_rows.height}
+def gold_manifest(partition_key: str, source_keys: list[str], silver_rows: int) -> dict:
+    return {"partition": partition_key, "silver_partitions": source_keys, "silver_rows": silver_rows}
 
 
 def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
@@ -70,10 +70,21 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         # Read Silver and publish under one lock, so an erasure (which rewrites Silver and re-derives this
         # partition under the same lock) is never overwritten by rows read before it.
         with gold_lock(lake, spec, table, pk):
-            silver_version = lake.version(LakeTable("silver", spec.name, "silver"))  # one snapshot, recorded
-            source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version)
-            engine = "spark" if spec.uses_spark(table.spark_build, silver_rows.height, spark.min_rows) else "polars"
-            rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
+            silver = LakeTable("silver", spec.name, "silver")
+            silver_version = lake.version(silver)  # one snapshot, recorded
+            source_keys = silver_keys_for(spec, table, pk)
+            counts = lake.partition_rows("silver", spec.name, "silver")
+            silver_height = sum(counts.get(k, 0) for k in source_keys)  # from the log: only the engine that runs reads
+            engine = "spark" if spec.uses_spark(table.spark_build, silver_height, spark.min_rows) else "polars"
+            files = lake.file_uris(silver, silver_version, source_keys) if engine == "spark" and lake.local_root is not None else []
+            read_from = f"{len(files)} data files of {silver.name} v{silver_version}" if files else "polars"
+            if files:
+                # Spark reads the snapshot's own data files; what it builds is published through delta-rs.
+                rows = table.spark_build(spark.session(), spark.session().read.parquet(*files))
+            else:
+                source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version)
+                silver_height = silver_rows.height
+                rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
             verdict = apply_contract(rows, table.contract)
             yield check_result(
                 key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
@@ -82,14 +93,15 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
             if not verdict.ok:
                 context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
                 return
-            version = lake.publish("gold", spec.name, table.name, pk, rows, {**gold_manifest(pk, source_keys, silver_rows), "silver_version": silver_version})
+            version = lake.publish("gold", spec.name, table.name, pk, rows, {**gold_manifest(pk, source_keys, silver_height), "silver_version": silver_version})
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={
                 "dagster/row_count": rows.height,
-                "silver_rows": silver_rows.height,
+                "silver_rows": silver_height,
                 "silver_partitions_read": len(source_keys),
                 "engine": engine,
+                "silver_read_by": read_from,
                 **lake_metadata(lake, LakeTable("gold", spec.name, table.name), version, {LakeTable("silver", spec.name, "silver").name: silver_version}),
             },
         )

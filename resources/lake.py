@@ -289,6 +289,15 @@ class LakeResource(dg.ConfigurableResource):
         return dict(adds.group_by(col).agg(pl.col("num_records").sum()).sort(col).iter_rows())
 
     @_outage_as_error
+    def file_uris(self, t: LakeTable, version: int | None, partition_keys: list[str]) -> list[str]:
+        """The data files of `partition_keys` in snapshot `version`: what an engine without a Delta reader
+        (Spark here: the delta-spark jars cannot be fetched) reads to see exactly that snapshot."""
+        dt = self.open(t, version)
+        if dt is None or not partition_keys:
+            return []
+        return list(dt.file_uris([(PARTITION_COLUMN, "in", list(partition_keys))]))
+
+    @_outage_as_error
     def partition_rows(self, layer: str, stream: str, table: str) -> dict[str, int]:
         dt = self.open(LakeTable(layer, stream, table))
         return {} if dt is None else self.partition_rows_of(dt)

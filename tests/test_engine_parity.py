@@ -12,6 +12,7 @@ from polars.testing import assert_frame_equal
 from assets.bronze import bronze_rules
 from assets.contracts.gate import apply_contract
 from assets.engines import spark_iot
+from resources.delta import delta_frame
 from assets.spec import SilverContext
 from assets.streams.iot import IOT
 from assets.transforms import iot
@@ -94,3 +95,9 @@ def test_a_stream_configured_for_spark_publishes_spark_rows_through_dagster(spar
     expected = derive_silver(IOT, valid, None, CTX).rows
     same(expected.drop("processed_at", "pipeline_version"), published.drop("processed_at", "pipeline_version"), ["event_id"])
     assert resources["warehouse"].query_arrow("SELECT sum(count) AS n FROM iot_sensor_5m").to_pylist() == [{"n": published.height}]
+    # Gold on Spark read the Silver snapshot's own data files (DeltaTable.file_uris) and published through
+    # delta-rs: the same rows polars builds from that Silver.
+    [gold_event] = result.asset_materializations_for_node("gold_iot_sensor_5m")
+    assert "data files of silver_iot" in gold_event.metadata["silver_read_by"].value
+    gold = lake.read("gold", spark_spec.name, "sensor_5m", [pk])
+    same(delta_frame(iot.gold_sensor_5m(published)), gold, ["window_start", "sensor_id"])

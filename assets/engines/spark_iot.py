@@ -11,7 +11,10 @@ from assets.spec import SilverContext, SilverOutput
 from assets.transforms.iot import SILVER_COLUMNS, ZSCORE_MIN_HISTORY, ZSCORE_THRESHOLD, ZSCORE_WINDOW
 
 
-def _to_spark(spark, frame: pl.DataFrame):
+def _to_spark(spark, frame):
+    """A Spark DataFrame as is (e.g. read from the lake's data files), or a polars frame converted."""
+    if not isinstance(frame, pl.DataFrame):
+        return frame
     return spark.createDataFrame(frame.to_arrow())
 
 
