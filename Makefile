@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install chromium dev demo test test-ui bench clean
 
-$(STAMP): pyproject.toml requirements.lock
+# Runtime pins first (what the image installs), then the test-only pins on top of them.
+$(STAMP): pyproject.toml requirements.lock requirements-test.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==24.3.1
 	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q -r requirements.lock -r requirements-test.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 

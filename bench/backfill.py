@@ -26,16 +26,16 @@ def main() -> None:
     from resources.lake import LakeResource
     from resources.warehouse import WarehouseResource
 
-    lake_root = home / "lake"
+    lake = LakeResource(uri=str(home / "lake"))
     hours = args.days * 24
     with Timer() as setup_t:
         for h in range(hours):
             end = START + timedelta(hours=h + 1) - timedelta(milliseconds=1)
             readings = bulk_readings(args.events_per_partition, seed=h, end=end, span_s=3599)
-            write_bronze(lake_root, IOT.name, bronze_frame(readings), IOT.partitions)
+            write_bronze(lake, IOT.name, bronze_frame(readings), IOT.partitions)
     resources = {
         "kafka": KafkaResource(bootstrap_servers="127.0.0.1:1"),  # a backfill never reads Kafka
-        "lake": LakeResource(uri=str(lake_root)),
+        "lake": lake,
         "warehouse": WarehouseResource(chdb_path=str(home / "wh")),
     }
     defs = build_definitions((IOT,), resources)

@@ -63,20 +63,17 @@ def bronze_frame(readings: pl.DataFrame, topic: str = "bench.iot", partitions: i
     )
 
 
-def write_bronze(lake_root: Path, stream: str, bronze: pl.DataFrame, partitions_def) -> list[str]:
-    """Write Bronze files per event-time partition (one file per Kafka partition), like a committed ingest."""
+def write_bronze(lake, stream: str, bronze: pl.DataFrame, partitions_def) -> list[str]:
+    """Write a Bronze Delta table per event-time partition (one file per Kafka partition), like committed ingests."""
     from assets.partitions import partition_key_expr
-    from resources.lake import OFFSET_WIDTH, partition_dirname
+    from resources.lake import bronze_table
 
-    keys = []
+    files = lake.data_files(bronze_table(stream))
     framed = bronze.with_columns(partition_key_expr(partitions_def, "event_time").alias("__pk"))
-    for (pk, kp), rows in framed.partition_by("__pk", "kafka_partition", as_dict=True).items():
-        lo, hi = rows["kafka_offset"].min(), rows["kafka_offset"].max() + 1
-        path = lake_root / "bronze" / stream / partition_dirname(pk) / f"p{kp}-{lo:0{OFFSET_WIDTH}d}-{hi:0{OFFSET_WIDTH}d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows.drop("__pk").write_parquet(path, compression="zstd", compression_level=1)
-        keys.append(pk)
-    return sorted(set(keys))
+    for (pk, _kp), rows in framed.partition_by("__pk", "kafka_partition", as_dict=True).items():
+        files.write(rows.drop("__pk"), pk)
+    lake.commit(bronze_table(stream), files)
+    return sorted(set(framed["__pk"].to_list()))
 
 
 class Timer:

@@ -33,6 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     home = scratch_home("freshness")
 
+    from assets.bronze import ingest_totals
     from assets.streams.iot import IOT
     from assets.simulation.iot import SIMULATOR_LINGER_MS, SimulatorConfig, SimulatorStats, generate
     from medallion.stack import ensure_kafka, prepare_dagster_home
@@ -89,7 +90,7 @@ def main() -> None:
                 visible = int(wh.query_arrow("SELECT sum(count) AS n FROM iot_sensor_5m").column("n")[0].as_py() or 0)
             except Exception:  # table not created yet
                 visible = 0
-            committed = sum(e.end - e.start for e in lake.ledger(IOT.name))
+            committed = ingest_totals(lake, IOT)["consumed"]
             samples.append((time.time(), visible, committed))
             done_producing = not thread.is_alive()
             if done_producing and (visible >= len(produced_at) or time.time() - began > args.duration + args.drain):

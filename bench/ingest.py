@@ -63,7 +63,7 @@ def main() -> None:
                 "peak_rss_mb": round(peak_rss_mb()),
             },
             target_events_per_s=300_000,
-            note="one ingest run (Dagster, in process): consume to EOF, parse, stage Parquet, commit ledger, report; peak RSS includes the producer's data",
+            note="one ingest run (Dagster, in process): consume to EOF, parse, write Bronze files, commit them with the offsets (Delta), report; peak RSS includes the producer's data",
         )
     finally:
         stop_broker(settings.run_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     ["ingest.py", "--events", "5000000"],
+    ["small_ingest.py", "--rounds", "20", "--events", "1000"],
     ["transform.py", "--events", "1000000", "5000000"],
     ["warehouse_load.py", "--rows", "2000000"],
     ["backfill.py", "--days", "7", "--events-per-partition", "100000"],

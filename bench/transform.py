@@ -20,7 +20,9 @@ def setup(events: int) -> None:
     from assets.simulation.iot import bulk_readings
 
     readings = bulk_readings(events, seed=42, sensors=max(200, events // 3600), end=HOUR, span_s=3599)
-    write_bronze(home / "lake", IOT.name, bronze_frame(readings), IOT.partitions)
+    from resources.lake import LakeResource
+
+    write_bronze(LakeResource(uri=str(home / "lake")), IOT.name, bronze_frame(readings), IOT.partitions)
     print(home)
 
 
@@ -45,7 +47,7 @@ def child(events: int, home: str) -> None:
     with dg.instance_for_test() as instance, Timer() as t:
         result = job.execute_in_process(instance=instance, partition_key=PK, asset_selection=selection)
     assert result.success
-    silver_rows = lake.manifest("silver", IOT.name, "silver", PK)["rows"]
+    silver_rows = lake.partition_rows("silver", IOT.name, "silver")[PK]
     print(json.dumps({"events": events, "seconds": t.seconds, "silver_rows": silver_rows, "startup_rss_mb": rss_before, "peak_rss_mb": peak_rss_mb()}))
 
 

