@@ -27,9 +27,10 @@ dev: install
 demo: install
 	$(BIN)/medallion demo --events 200000
 
-# Two workers (pytest-xdist) on the two cores; the slowest tests (browser, restarts, crash loops) start first.
+# Two workers (pytest-xdist) on the two cores; the slowest tests (browser, restarts, crash loops) start first;
+# the daemon's timing test and the heaviest S3 tests share one worker (tests/conftest.py).
 test: install chromium
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=12
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=12
 	@echo "UI screenshots: $${MEDALLION_HOME:-$(CURDIR)/.medallion}/artifacts/ui/"
 
 # `medallion dev` driven in headless Chromium; PNG screenshots land in $MEDALLION_HOME/artifacts/ui/.

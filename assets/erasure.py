@@ -610,6 +610,7 @@ def erasure_job(streams=None) -> dg.JobDefinition:
         description="Erase each filed data subject from Bronze, dead-letter, Silver, quarantine, Gold and the warehouse; "
         "append the audit entries (no raw id). Kafka keeps its records until retention expires.",
         tags={"medallion/kind": "erasure"},
+        pool="erasure",  # one erasure at a time across machines (a pool limit), beside the local lock
     )
     def erase_requested_subjects(context: dg.OpExecutionContext, config: ErasureConfig, lake: LakeResource, warehouse: WarehouseResource) -> list[dict]:
         request_ids = config.request_ids or pending_requests(lake)

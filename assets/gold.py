@@ -1,6 +1,7 @@
 """Gold: aggregates of Silver per table of the stream spec, gated by their contracts."""
 
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -14,7 +15,8 @@ from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, lake_metadata, sample_markdown
 from assets.silver import derive_silver_rows
 from assets.spec import GoldTable, SilverContext, StreamSpec
-from resources.lake import LakeResource, LakeTable
+from resources.faults import failpoint
+from resources.lake import CommitConflict, LakeResource, LakeTable
 from resources.spark import SparkEngine
 from resources.pii import pii_key
 from resources.settings import PIPELINE_VERSION
@@ -46,6 +48,45 @@ def gold_manifest(partition_key: str, source_keys: list[str], silver_rows: int) 
     return {"partition": partition_key, "silver_partitions": source_keys, "silver_rows": silver_rows}
 
 
+ATTEMPTS = 3
+
+
+@dataclass
+class _Derived:
+    silver: LakeTable
+    silver_version: int | None
+    silver_files: set[str]
+    source_keys: list[str]
+    silver_height: int
+    gold_snapshot: object  # DeltaTable | None: Gold as it was when the derivation began
+    rows: pl.DataFrame
+    engine: str
+    read_from: str
+
+
+def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str) -> _Derived:
+    """Build one Gold partition from one Silver snapshot (recorded), on the engine its size calls for."""
+    silver = LakeTable("silver", spec.name, "silver")
+    gold_snapshot = lake.open(LakeTable("gold", spec.name, table.name))
+    silver_version = lake.version(silver)
+    source_keys = silver_keys_for(spec, table, pk)
+    silver_files = lake.partition_files(silver, silver_version, source_keys)
+    counts = lake.partition_rows("silver", spec.name, "silver")
+    silver_height = sum(counts.get(k, 0) for k in source_keys)  # from the log: only the engine that runs reads
+    engine = "spark" if spec.uses_spark(table.spark_build, silver_height, spark.min_rows) else "polars"
+    files = lake.file_uris(silver, silver_version, source_keys) if engine == "spark" and lake.local_root is not None else []
+    read_from = f"{len(files)} data files of {silver.name} v{silver_version}" if files else "polars"
+    if files:
+        # Spark reads the snapshot's own data files; what it builds is published through delta-rs.
+        rows = table.spark_build(spark.session(), spark.session().read.parquet(*files))
+    else:
+        source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version)
+        silver_height = silver_rows.height
+        rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
+    failpoint("gold.after_read")
+    return _Derived(silver, silver_version, silver_files, source_keys, silver_height, gold_snapshot, rows, engine, read_from)
+
+
 def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
     key = keys.gold_key(spec, table)
     same_grain = table.partitions == spec.partitions
@@ -70,22 +111,28 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         # Read Silver and publish under one lock, so an erasure (which rewrites Silver and re-derives this
         # partition under the same lock) is never overwritten by rows read before it.
         with gold_lock(lake, spec, table, pk):
-            silver = LakeTable("silver", spec.name, "silver")
-            silver_version = lake.version(silver)  # one snapshot, recorded
-            source_keys = silver_keys_for(spec, table, pk)
-            counts = lake.partition_rows("silver", spec.name, "silver")
-            silver_height = sum(counts.get(k, 0) for k in source_keys)  # from the log: only the engine that runs reads
-            engine = "spark" if spec.uses_spark(table.spark_build, silver_height, spark.min_rows) else "polars"
-            files = lake.file_uris(silver, silver_version, source_keys) if engine == "spark" and lake.local_root is not None else []
-            read_from = f"{len(files)} data files of {silver.name} v{silver_version}" if files else "polars"
-            if files:
-                # Spark reads the snapshot's own data files; what it builds is published through delta-rs.
-                rows = table.spark_build(spark.session(), spark.session().read.parquet(*files))
-            else:
-                source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version)
-                silver_height = silver_rows.height
-                rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
-            verdict = apply_contract(rows, table.contract)
+            for attempt in range(1, ATTEMPTS + 1):
+                derived = _derive(spec, table, lake, spark, pk)
+                verdict = apply_contract(derived.rows, table.contract)
+                if not verdict.ok:
+                    break
+                failpoint("gold.before_publish")
+                try:
+                    # Optimistic across tables (no lock is shared between machines): Silver's files must be those
+                    # read, and the Gold partition must be unchanged since it began (Delta checks that one).
+                    if lake.partition_files(derived.silver, None, derived.source_keys) != derived.silver_files:
+                        raise CommitConflict(f"{derived.silver.name} changed while {key.to_user_string()} {pk} was derived")
+                    version = lake.publish(
+                        "gold", spec.name, table.name, pk, derived.rows,
+                        {**gold_manifest(pk, derived.source_keys, derived.silver_height), "silver_version": derived.silver_version},
+                        snapshot=derived.gold_snapshot,
+                    )  # fmt: skip
+                    break
+                except CommitConflict as exc:
+                    if attempt == ATTEMPTS:
+                        raise dg.Failure(f"{exc}; gave up after {ATTEMPTS} attempts (another writer keeps changing it)") from exc
+                    context.log.warning(f"{exc}: deriving again from the new snapshot (attempt {attempt + 1})")
+            rows, engine = derived.rows, derived.engine
             yield check_result(
                 key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
                 verdict.schema_errors, sample_markdown(verdict.failed, list(rows.columns) + ["check", "reason"]),
@@ -93,7 +140,7 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
             if not verdict.ok:
                 context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
                 return
-            version = lake.publish("gold", spec.name, table.name, pk, rows, {**gold_manifest(pk, source_keys, silver_height), "silver_version": silver_version})
+            read_from, silver_height, source_keys, silver_version = derived.read_from, derived.silver_height, derived.source_keys, derived.silver_version
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={

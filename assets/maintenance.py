@@ -82,7 +82,7 @@ def build_maintenance(streams) -> tuple[dg.AssetsDefinition, dg.ScheduleDefiniti
             }
         )
 
-    job = dg.define_asset_job("lake_maintenance", selection=[lake_maintenance.key], description=lake_maintenance.descriptions_by_key[lake_maintenance.key])
+    job = dg.define_asset_job("maintain_lake", selection=[lake_maintenance.key], description=lake_maintenance.descriptions_by_key[lake_maintenance.key])
     schedule = dg.ScheduleDefinition(
         name="lake_maintenance_hourly", job=job, cron_schedule="23 * * * *", default_status=dg.DefaultScheduleStatus.RUNNING
     )

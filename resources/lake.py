@@ -240,16 +240,17 @@ class LakeResource(dg.ConfigurableResource):
 
     # -- published partitions (Silver, quarantine, history, Gold) -----------------------------------
     @_outage_as_error
-    def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict) -> int:
+    def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict, snapshot: DeltaTable | None = None) -> int:
         """Replace one partition with `df` in one commit (its manifest in the commit metadata). Returns the
-        Delta version that holds it."""
+        Delta version that holds it. `snapshot`: the table as the writer saw it when it started deriving; a
+        commit to that partition since then (an erasure elsewhere) fails this one with CommitConflict."""
         t = LakeTable(layer, stream, table)
         files = self.data_files(t)
         files.write(df, partition_key)
         failpoint(f"publish.{layer}.before_replace")
         failpoint(f"publish.{layer}.{table}.before_replace")  # one table only, e.g. publish.gold.type_daily.before_replace
         try:
-            return self.commit(t, files, replace=[partition_key], metadata={"operation": "publish", **manifest, "partition": partition_key, "rows": df.height})
+            return self.commit(t, files, snapshot=snapshot, replace=[partition_key], metadata={"operation": "publish", **manifest, "partition": partition_key, "rows": df.height})
         except BaseException:
             files.discard()
             raise
@@ -296,6 +297,18 @@ class LakeResource(dg.ConfigurableResource):
         if dt is None or not partition_keys:
             return []
         return list(dt.file_uris([(PARTITION_COLUMN, "in", list(partition_keys))]))
+
+    @_outage_as_error
+    def partition_files(self, t: LakeTable, version: int | None, partition_keys: list[str]) -> set[str]:
+        """The data files (log paths) of `partition_keys` in `version`: equal sets, same rows."""
+        dt = self.open(t, version)
+        if dt is None:
+            return set()
+        adds = delta.add_actions(dt)
+        col = f"partition.{PARTITION_COLUMN}"
+        if adds.height == 0 or col not in adds.columns:
+            return set()
+        return set(adds.filter(pl.col(col).is_in(list(partition_keys)))["path"].to_list())
 
     @_outage_as_error
     def partition_rows(self, layer: str, stream: str, table: str) -> dict[str, int]:

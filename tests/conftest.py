@@ -200,6 +200,14 @@ def postgres_url(postgres_server) -> str:
 
 
 def pytest_collection_modifyitems(items):
-    """Longest first: with two xdist workers, the browser test and the end-to-end runs must not start last."""
+    """Longest first: with two xdist workers, the browser test and the end-to-end runs must not start last.
+
+    The real daemon's test measures how soon automation follows; the heaviest S3 tests (each a SeaweedFS server
+    and many processes) go to the same worker (`--dist loadgroup`), after it, so the other core is not
+    swamped while it measures."""
     weight = {"ui": 0, "slow": 1}
     items.sort(key=lambda item: min([weight.get(m.name, 2) for m in item.iter_markers()] or [2]))
+    for item in items:
+        heavy_s3 = item.get_closest_marker("slow") and ("[s3]" in item.nodeid or "s3" in item.name.split("[")[0])
+        if "test_daemon_follows_and_recovers" in item.nodeid or heavy_s3:
+            item.add_marker(pytest.mark.xdist_group("daemon_then_s3"))

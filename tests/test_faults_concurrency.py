@@ -10,7 +10,7 @@ import pytest
 from deltalake import DeltaTable
 
 from assets.bronze import ingest_totals
-from resources.delta import add_actions
+from resources.delta import add_actions, delta_frame
 from resources.lake import LakeTable, bronze_table
 from tests.conftest import produce, reading, run_child, start_held_child
 from tests.helpers import content_hash, definitions, materialize, run_ingest
@@ -101,3 +101,34 @@ def test_backfills_racing_a_sensor_run_are_serialized(spec, resources, broker, s
     assert materialize(defs, CHAIN, PK, instance).success
     assert lake.read("silver", spec.name, "silver", [PK]).height == 150
     assert wh.query_arrow("SELECT sum(count) AS n FROM iot_sensor_5m").column("n")[0].as_py() == 150
+
+
+@pytest.mark.slow
+def test_an_erasure_on_another_machine_is_never_undone_by_a_gold_derivation_in_flight(spec, resources, broker, shared_instance, kafka, tmp_path, monkeypatch):
+    """Machine A derives a Gold partition from Silver, held right after reading it; machine B (no lock in
+    common) erases a sensor meanwhile. Let go, A's publish must not bring the erased sensor back: its commit
+    conflicts (Silver's files changed, Gold's partition was rewritten) and it derives again."""
+    from assets.erasure import Subject, erase
+
+    monkeypatch.setenv("MEDALLION_PII_KEY", "concurrency-test-key")
+    lake, wh = resources["lake"], resources["warehouse"]
+    defs = definitions(spec, resources)
+    produce(kafka, spec.topic, [reading(i, T + timedelta(seconds=i), sensor=i % 4) for i in range(120)])
+    assert run_ingest(defs, spec, shared_instance).success
+    assert materialize(defs, CHAIN, PK, shared_instance).success
+    assert "sensor-1" in lake.read("gold", spec.name, "sensor_5m", [PK])["sensor_id"].to_list()
+
+    release = tmp_path / "release"
+    held = start_held_child(spec, resources, broker, "assets", "gold_iot_sensor_5m", PK, point="gold.after_read", release=release,
+                            env_extra={"MEDALLION_HOME": str(tmp_path / "machine-a"), "MEDALLION_PII_KEY": "concurrency-test-key"})  # fmt: skip
+    removed = erase(Subject("sensor", "sensor-1"), lake, wh, (spec,))
+    assert removed["removed"]["silver"][spec.name] == 30
+    release.touch()
+    out, err = held.communicate(timeout=180)
+    assert held.returncode == 0, err[-3000:]
+    assert "deriving again" in err + out, (err + out)[-3000:]
+
+    gold = lake.read("gold", spec.name, "sensor_5m", [PK])
+    assert "sensor-1" not in gold["sensor_id"].to_list()
+    table = next(t for t in spec.gold if t.name == "sensor_5m")
+    assert content_hash(gold, ignore=()) == content_hash(delta_frame(table.build(lake.read("silver", spec.name, "silver", [PK]))), ignore=())

@@ -17,7 +17,7 @@ PK = "2026-11-20-07:00"
 
 
 def maintain(defs, instance, retention_hours: int):
-    job = defs.resolve_job_def("lake_maintenance")
+    job = defs.resolve_job_def("maintain_lake")
     return job.execute_in_process(instance=instance, run_config={"ops": {"lake_maintenance": {"config": {"retention_hours": retention_hours}}}})
 
 
@@ -57,4 +57,4 @@ def test_maintenance_compacts_checkpoints_and_vacuums_without_changing_data(spec
 def test_the_maintenance_schedule_runs_by_default(spec, resources):
     defs = definitions(spec, resources)
     schedule = defs.resolve_schedule_def("lake_maintenance_hourly")
-    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.job_name == "lake_maintenance"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.job_name == "maintain_lake"
