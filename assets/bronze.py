@@ -215,11 +215,12 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
         counts = stage.close()
         failpoint("ingest.after_stage")
         dead = parsed.dead_letter
-        for kp, upto in snapshot.dead_letter_ahead.items():  # committed by the run that died: not again
-            dead = dead.filter(~((pl.col("kafka_partition") == kp) & (pl.col("kafka_offset") < upto)))
+        for kp, offsets in already_dead.items():  # committed by the run that died: not again (the rest of its range is ours)
+            dead = dead.filter(~((pl.col("kafka_partition") == kp) & pl.col("kafka_offset").is_in(list(offsets))))
         if dead.height:
             dead_files.write(dead, None)
-        kept_dead = sum(len(v) for v in already_dead.values())  # dead letters of the run that died, in this range
+        # Dead letters of the run that died, within this run's range (a later run counts the rest).
+        kept_dead = sum(sum(1 for o in v if o < ends.get(kp, 0)) for kp, v in already_dead.items())
         commit = BronzeCommit.of(context.run_id, spec, start, ends, counts, dead, first_message, snapshot, kept_dead)
         if not commit.land(lake, spec, snapshot, bronze_files, dead_files, parsed.dead_letter):
             context.log.warning(
@@ -251,6 +252,7 @@ class BronzeCommit:
     totals: dict  # cumulative: consumed, ingested, dead_letter
     version: int = -1
     dead_letter_version: int | None = None
+    kept_dead_letters: int = 0  # dead letters a run that died committed in this range (produced to the topic now)
 
     @classmethod
     def of(cls, run_id, spec, start, ends, counts, dead, first_message, snapshot: IngestSnapshot, kept_dead: int) -> "BronzeCommit":
@@ -268,7 +270,7 @@ class BronzeCommit:
             "ingested": before.get("ingested", 0) + sum(partitions.values()),
             "dead_letter": before.get("dead_letter", 0) + dead.height + kept_dead,
         }
-        return cls(run_id, {kp: (start[kp], end) for kp, end in ends.items()}, dict(partitions), dead.height, first, totals)
+        return cls(run_id, {kp: (start[kp], end) for kp, end in ends.items()}, dict(partitions), dead.height, first, totals, kept_dead_letters=kept_dead)
 
     def metadata(self) -> dict:
         return {
@@ -278,6 +280,7 @@ class BronzeCommit:
             "partitions": self.partitions,
             "dead_letter_rows": self.dead_letter_rows,
             "dead_letter_version": self.dead_letter_version,
+            "kept_dead_letters": self.kept_dead_letters,
             "first_records": {str(k): v for k, v in self.first_records.items()},
             "totals": {**self.totals, "consumed": {str(k): v for k, v in self.totals["consumed"].items()}},
         }
@@ -293,6 +296,7 @@ class BronzeCommit:
             meta.get("totals", {}),
             version,
             meta.get("dead_letter_version"),
+            meta.get("kept_dead_letters", 0),
         )
 
     def land(self, lake: LakeResource, spec: StreamSpec, snapshot: IngestSnapshot, bronze_files, dead_files, dead_schema_frame: pl.DataFrame) -> bool:
@@ -326,6 +330,10 @@ class BronzeCommit:
         return True
 
 
+class AnnouncementPending(RuntimeError):
+    """A commit of a run still in flight is not announced in full yet."""
+
+
 def unannounced_commits(instance: dg.DagsterInstance, spec: StreamSpec, lake: LakeResource, own_run_id: str | None = None) -> list[BronzeCommit]:
     """Ingest commits whose materialization events were not all logged (the run died in between), and
     whose run is over. Each event records the Bronze version it announces; the newest event's version is
@@ -336,13 +344,14 @@ def unannounced_commits(instance: dg.DagsterInstance, spec: StreamSpec, lake: La
     out = []
     for version, meta in commits:
         c = BronzeCommit.from_metadata(version, meta)
+        c.partitions = {pk: n for pk, n in c.partitions.items() if not _announced(instance, spec, pk, version)}
+        if not c.partitions:
+            continue
         run = instance.get_run_by_id(c.run_id)
         if run is not None and not run.is_finished and run.run_id != own_run_id:
-            continue  # its own run is still announcing it
-        if since is not None and version == since:
-            c.partitions = {pk: n for pk, n in c.partitions.items() if not _announced(instance, spec, pk, version)}
-            if not c.partitions:
-                continue
+            # Its run is announcing it now, or died and is not marked yet: never commit past an unannounced
+            # commit (the next run could not tell), so wait (the step's retry policy) until it is one or the other.
+            raise AnnouncementPending(f"Bronze version {version} of run {c.run_id} is not announced yet; retrying once it is (or the run is marked dead)")
         out.append(c)
     return out
 
@@ -374,8 +383,12 @@ def ingest_totals(lake: LakeResource, spec: StreamSpec) -> dict:
 
 
 def needs_announcing(instance: dg.DagsterInstance, spec: StreamSpec, lake: LakeResource) -> bool:
-    """An ingest commit not announced in full: a run died between its commit and its events."""
-    return bool(unannounced_commits(instance, spec, lake))
+    """An ingest commit not announced in full: a run died between its commit and its events (one still
+    announcing its own is not)."""
+    try:
+        return bool(unannounced_commits(instance, spec, lake))
+    except AnnouncementPending:
+        return False
 
 
 def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, commits: list[BronzeCommit], own_partition: str | None) -> dict | None:
@@ -387,7 +400,7 @@ def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource
     """
     own = None
     for c in commits:
-        if c.dead_letter_rows:
+        if c.dead_letter_rows or c.kept_dead_letters:
             dead = lake.read_dead_letter(spec.name)
             mine = pl.concat(
                 [dead.filter((pl.col("kafka_partition") == kp) & pl.col("kafka_offset").is_between(a, b, closed="left")) for kp, (a, b) in c.ranges.items()]

@@ -412,7 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(fn=cmd_erase)
 
     args = p.parse_args(argv)
-    return args.fn(args)
+    from deltalake.exceptions import DeltaError
+
+    from resources.lake import CommitConflict, LakeUnavailableError
+
+    try:
+        return args.fn(args)
+    except (LakeUnavailableError, CommitConflict, DeltaError) as exc:  # the lake said no: one line, what to do
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"medallion {args.cmd}: {first}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

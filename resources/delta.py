@@ -166,8 +166,11 @@ def commit(
     schema = files.schema or empty_schema
     if schema is None:
         raise ValueError("a commit without files needs the table schema")
+    # An id of this commit attempt: after any error, the log tells whether the commit landed all the same
+    # (an S3 write that timed out but succeeded, an interrupt right after) so its files are never discarded.
+    commit_id = uuid.uuid4().hex
     props = CommitProperties(
-        custom_metadata={COMMIT_KEY: json.dumps(metadata, default=str, sort_keys=True)} if metadata else None,
+        custom_metadata={COMMIT_KEY: json.dumps({**(metadata or {}), "commit_id": commit_id}, default=str, sort_keys=True)},
         app_transactions=[Transaction(app_id, version) for app_id, version in sorted((transactions or {}).items())] or None,
     )
     full_schema = table_schema(schema, partitioned)
@@ -182,10 +185,33 @@ def commit(
             # One replaced partition is a predicate overwrite: readers see the old rows or the new, never both.
             filters = [(PARTITION_COLUMN, "in", replace)] if len(replace) > 1 else [(PARTITION_COLUMN, "=", replace[0])]
             table.create_write_transaction(files.adds, mode="overwrite", schema=full_schema, partition_by=partition_by, partition_filters=filters, commit_properties=props)
-    except CommitFailedError as exc:
-        raise CommitConflict(f"{uri}: {exc}") from exc
-    table.update_incremental()
-    return table.version()
+    except BaseException as exc:
+        landed = _landed(uri, storage_options, commit_id)
+        if landed is not None:
+            return landed
+        if isinstance(exc, CommitFailedError):
+            raise CommitConflict(f"{uri}: {exc}") from exc
+        raise
+    landed = _landed(uri, storage_options, commit_id)
+    if landed is None:
+        raise RuntimeError(f"{uri}: commit {commit_id} reported success but is not in the log")
+    return landed
+
+
+def _landed(uri: str, storage_options: dict, commit_id: str) -> int | None:
+    """The version of commit `commit_id` if it is in the log (the newest entries first), else None."""
+    table = open_table(uri, storage_options)
+    if table is None:
+        return None
+    limit = 4
+    while True:
+        history = table.history(limit=limit)
+        for entry in history:
+            if (commit_metadata(entry) or {}).get("commit_id") == commit_id:
+                return entry["version"]
+        if len(history) < limit or limit >= 4096:
+            return None
+        limit *= 8
 
 
 def create_table(uri: str, storage_options: dict, schema: pa.Schema, partition_by: list[str] | None) -> DeltaTable:

@@ -166,6 +166,7 @@ class LakeResource(dg.ConfigurableResource):
             "AWS_REGION": self.aws_region or "us-east-1",
             "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
+            "AWS_SESSION_TOKEN": os.environ.get("AWS_SESSION_TOKEN") or None,  # temporary credentials (SSO, assumed roles)
             "AWS_ALLOW_HTTP": "true" if self.aws_allow_http else None,
             # Requests are retried with exponential backoff for a bounded time, then the operation fails.
             "retry_timeout": f"{self.retry_timeout_s}s",
@@ -191,6 +192,7 @@ class LakeResource(dg.ConfigurableResource):
         fs = pafs.S3FileSystem(
             access_key=self.aws_access_key_id,
             secret_key=self.aws_secret_access_key,
+            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
             region=self.aws_region or "us-east-1",
             endpoint_override=endpoint.split("://", 1)[-1] or None,
             scheme=scheme,
@@ -224,8 +226,20 @@ class LakeResource(dg.ConfigurableResource):
         fs, root = self.filesystem()
         return DataFiles(fs, f"{root}/{t.path}")
 
-    @_outage_as_error
     def commit(self, t: LakeTable, files: DataFiles, **kwargs) -> int:
+        """One commit of `files` (see resources/delta.py). Not retried here: a commit that may have landed is
+        checked in the log, never repeated blindly; an outage surfaces as LakeUnavailableError."""
+        try:
+            return self._commit(t, files, **kwargs)
+        except OSError as exc:
+            if self.is_s3 and any(sign in str(exc) for sign in _OUTAGE_SIGNS):
+                raise LakeUnavailableError(
+                    f"object store {self.aws_endpoint_url or 'S3'} unreachable for {self.uri} ({str(exc).strip().splitlines()[0][:200]}); "
+                    "the commit was not made: readers keep the previous version. Retry once it is back."
+                ) from exc
+            raise
+
+    def _commit(self, t: LakeTable, files: DataFiles, **kwargs) -> int:
         return delta.commit(self.table_uri(t), self.storage_options, files, partitioned=t.partitioned, **kwargs)
 
     def tables(self, streams) -> list[LakeTable]:
