@@ -77,7 +77,11 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
             held.enter_context(silver_lock(lake, spec, pk))
             # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it
             # only for the rows set aside.
-            bronze_version = lake.version(bronze_table(spec.name))  # one snapshot: the run reads it, records it
+            # Snapshots first: Silver as it is now (a rewrite of this partition meanwhile, an erasure on another
+            # machine, fails the publish), then Bronze, read once and recorded.
+            silver_snapshot = lake.open(LakeTable("silver", spec.name, "silver"))
+            bronze_version = lake.version(bronze_table(spec.name))
+            bronze_files = lake.partition_files(bronze_table(spec.name), bronze_version, [pk])
             bronze = lake.read_bronze(spec.name, pk, exclude=["payload"], version=bronze_version)
             if bronze is None:  # an hour without data (e.g. in a backfill range) derives to an empty partition
                 context.log.info(f"Bronze partition {pk} of {spec.name} has no data")
@@ -128,10 +132,15 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
                 return
             rows_changed = config.publish_unchanged or not _same_as_published(lake, spec, pk, out.rows)
             version = None
+            if rows_changed and not bronze_files <= lake.partition_files(bronze_table(spec.name), None, [pk]):
+                # Files read are gone (an erasure elsewhere rewrote them): publishing would bring back what it
+                # removed. (New files are new records: a later run derives them.)
+                raise dg.Failure(f"bronze_{spec.name} {pk} changed while Silver was derived from it; run it again", allow_retries=True)
             if rows_changed:
                 version = lake.publish(
                     "silver", spec.name, "silver", pk, out.rows,
                     {"partition": pk, "bronze_rows": bronze.height, "quarantined": quarantine.height, "pipeline_version": PIPELINE_VERSION},
+                    snapshot=silver_snapshot,
                 )  # fmt: skip
             lineage = _hand_on_history(context, spec, lake, pk, context_pk, context_rows, out.rows) if spec.history else {}
             if not rows_changed:

@@ -30,7 +30,9 @@ COMMIT_KEY = "medallion"  # commit metadata: what a commit did, as the writer te
 
 # No min/max statistics in the log: they would copy values (a subject's id) into log files that an erasure
 # cannot rewrite. Partitions prune reads instead.
-TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0"}
+# The log is kept for years: Bronze's ingest commits carry the stream's totals and continuity marks, and
+# `medallion lake history` reads it (checkpoints keep loading it cheap).
+TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "0", "delta.logRetentionDuration": "interval 3650 days"}
 
 
 class CommitConflict(RuntimeError):

@@ -132,3 +132,27 @@ def test_an_erasure_on_another_machine_is_never_undone_by_a_gold_derivation_in_f
     assert "sensor-1" not in gold["sensor_id"].to_list()
     table = next(t for t in spec.gold if t.name == "sensor_5m")
     assert content_hash(gold, ignore=()) == content_hash(delta_frame(table.build(lake.read("silver", spec.name, "silver", [PK]))), ignore=())
+
+
+@pytest.mark.slow
+def test_an_erasure_on_another_machine_is_never_undone_by_a_silver_derivation_in_flight(spec, resources, broker, shared_instance, kafka, tmp_path, monkeypatch):
+    """Machine A derives Silver, held right after reading Bronze; machine B erases a sensor meanwhile. Let go,
+    A must not publish the sensor's rows again: its Bronze files are gone, so it fails and says so."""
+    from assets.erasure import Subject, erase
+
+    monkeypatch.setenv("MEDALLION_PII_KEY", "concurrency-test-key")
+    lake, wh = resources["lake"], resources["warehouse"]
+    defs = definitions(spec, resources)
+    produce(kafka, spec.topic, [reading(i, T + timedelta(seconds=i), sensor=i % 4) for i in range(120)])
+    assert run_ingest(defs, spec, shared_instance).success
+    assert materialize(defs, CHAIN, PK, shared_instance).success
+
+    release = tmp_path / "release"
+    held = start_held_child(spec, resources, broker, "assets", "silver_iot", PK, point="silver.after_context", release=release,
+                            env_extra={"MEDALLION_HOME": str(tmp_path / "machine-a"), "MEDALLION_PII_KEY": "concurrency-test-key"})  # fmt: skip
+    erase(Subject("sensor", "sensor-2"), lake, wh, (spec,))
+    release.touch()
+    out, err = held.communicate(timeout=180)
+    assert held.returncode != 0 and "changed while Silver was derived" in err + out, (err + out)[-3000:]
+    assert "sensor-2" not in lake.read("silver", spec.name, "silver", [PK])["sensor_id"].to_list()
+    assert lake.read("silver", spec.name, "silver", [PK]).height == 90
