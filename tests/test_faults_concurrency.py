@@ -10,6 +10,7 @@ import pytest
 from deltalake import DeltaTable
 
 from assets.bronze import ingest_totals
+from assets.erasure import Subject, erase
 from resources.delta import add_actions, delta_frame
 from resources.lake import LakeTable, bronze_table
 from tests.conftest import produce, reading, run_child, start_held_child
@@ -103,19 +104,22 @@ def test_backfills_racing_a_sensor_run_are_serialized(spec, resources, broker, s
     assert wh.query_arrow("SELECT sum(count) AS n FROM iot_sensor_5m").column("n")[0].as_py() == 150
 
 
+def four_sensors_through_the_warehouse(spec, resources, kafka, instance, monkeypatch):
+    """120 readings of sensors 0-3 in PK, ingested and derived through every layer; (lake, warehouse)."""
+    monkeypatch.setenv("MEDALLION_PII_KEY", "concurrency-test-key")
+    defs = definitions(spec, resources)
+    produce(kafka, spec.topic, [reading(i, T + timedelta(seconds=i), sensor=i % 4) for i in range(120)])
+    assert run_ingest(defs, spec, instance).success
+    assert materialize(defs, CHAIN, PK, instance).success
+    return resources["lake"], resources["warehouse"]
+
+
 @pytest.mark.slow
 def test_an_erasure_on_another_machine_is_never_undone_by_a_gold_derivation_in_flight(spec, resources, broker, shared_instance, kafka, tmp_path, monkeypatch):
     """Machine A derives a Gold partition from Silver, held right after reading it; machine B (no lock in
     common) erases a sensor meanwhile. Let go, A's publish must not bring the erased sensor back: its commit
     conflicts (Silver's files changed, Gold's partition was rewritten) and it derives again."""
-    from assets.erasure import Subject, erase
-
-    monkeypatch.setenv("MEDALLION_PII_KEY", "concurrency-test-key")
-    lake, wh = resources["lake"], resources["warehouse"]
-    defs = definitions(spec, resources)
-    produce(kafka, spec.topic, [reading(i, T + timedelta(seconds=i), sensor=i % 4) for i in range(120)])
-    assert run_ingest(defs, spec, shared_instance).success
-    assert materialize(defs, CHAIN, PK, shared_instance).success
+    lake, wh = four_sensors_through_the_warehouse(spec, resources, kafka, shared_instance, monkeypatch)
     assert "sensor-1" in lake.read("gold", spec.name, "sensor_5m", [PK])["sensor_id"].to_list()
 
     release = tmp_path / "release"
@@ -138,14 +142,7 @@ def test_an_erasure_on_another_machine_is_never_undone_by_a_gold_derivation_in_f
 def test_an_erasure_on_another_machine_is_never_undone_by_a_silver_derivation_in_flight(spec, resources, broker, shared_instance, kafka, tmp_path, monkeypatch):
     """Machine A derives Silver, held right after reading Bronze; machine B erases a sensor meanwhile. Let go,
     A must not publish the sensor's rows again: its Bronze files are gone, so it fails and says so."""
-    from assets.erasure import Subject, erase
-
-    monkeypatch.setenv("MEDALLION_PII_KEY", "concurrency-test-key")
-    lake, wh = resources["lake"], resources["warehouse"]
-    defs = definitions(spec, resources)
-    produce(kafka, spec.topic, [reading(i, T + timedelta(seconds=i), sensor=i % 4) for i in range(120)])
-    assert run_ingest(defs, spec, shared_instance).success
-    assert materialize(defs, CHAIN, PK, shared_instance).success
+    lake, wh = four_sensors_through_the_warehouse(spec, resources, kafka, shared_instance, monkeypatch)
 
     release = tmp_path / "release"
     held = start_held_child(spec, resources, broker, "assets", "silver_iot", PK, point="silver.after_context", release=release,
