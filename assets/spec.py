@@ -88,8 +88,12 @@ class History:
     """
 
     carry: Callable[[pl.DataFrame | None, pl.DataFrame, datetime], pl.DataFrame]
-    lookback: timedelta
+    lookback: timedelta  # at least one partition long
     columns: tuple[str, ...]  # the history's columns (subject erasure filters them like Silver)
+    # Silver columns the look-back is grouped by (each sensor; each user and ad), in event-time order: a new
+    # row after every published row of its group changes none of them, so a micro-batch of such rows
+    # extends the partition instead of re-deriving it (`assets.transforms.increment`).
+    group: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ ADS = StreamSpec(
     row_contract=contracts.AdEvent,
     silver_contract=contracts.AdsSilver,
     silver_transform=transforms.silver,
-    history=History(carry=transforms.history, lookback=transforms.ATTRIBUTION_WINDOW, columns=transforms.HISTORY_COLUMNS),
+    history=History(carry=transforms.history, lookback=transforms.ATTRIBUTION_WINDOW, columns=transforms.HISTORY_COLUMNS, group=("user_key", "ad_id")),
     max_failure_rate=float(os.environ.get("MEDALLION_ADS_MAX_FAILURE_RATE", "0.05")),
     pii_fields=("user_id",),
     subject=SubjectSpec(kind="user", field="user_id", silver_column="user_key"),

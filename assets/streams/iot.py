@@ -34,7 +34,7 @@ IOT = StreamSpec(
     silver_contract=contracts.IotSilver,
     silver_transform=transforms.silver,
     spark_silver_transform=spark_iot.silver,
-    history=History(carry=transforms.history, lookback=transforms.SILENT_SENSOR_FORGOTTEN_AFTER, columns=transforms.HISTORY_COLUMNS),
+    history=History(carry=transforms.history, lookback=transforms.SILENT_SENSOR_FORGOTTEN_AFTER, columns=transforms.HISTORY_COLUMNS, group=("sensor_id",)),
     simulator=generate,
     bad_input=corpus,
     max_failure_rate=float(os.environ.get("MEDALLION_IOT_MAX_FAILURE_RATE", "0.05")),

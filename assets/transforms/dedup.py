@@ -39,13 +39,17 @@ def in_offset_order(rows: pl.DataFrame) -> pl.DataFrame:
     return rows if ordered else rows.sort("kafka_partition", "kafka_offset")
 
 
+def content_columns(spec) -> list[str]:
+    """What two copies of a dedup key are compared on: every field but the key, and the event time."""
+    return [f for f in spec.field_names if f != spec.dedup_key] + ["event_time"]
+
+
 def derive_silver(spec, valid: pl.DataFrame, context: pl.DataFrame | None, ctx, transform=None):
     """What every Silver partition goes through: the spec's dedup (conflicting copies set aside), then the
     stream's transform (`spec.silver_transform` unless another engine's is given)."""
     from assets.spec import SilverOutput
 
-    content = [f for f in spec.field_names if f != spec.dedup_key] + ["event_time"]
-    rows, rejected, exact = first_by_offset(in_offset_order(valid), spec.dedup_key, content)
+    rows, rejected, exact = first_by_offset(in_offset_order(valid), spec.dedup_key, content_columns(spec))
     out = (transform or spec.silver_transform)(rows, context, ctx)
     if out.rejected.height:
         rejected = pl.concat([rejected, out.rejected.select(rejected.columns)], how="vertical_relaxed")
