@@ -11,7 +11,7 @@ import contextlib
 import gc
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -26,7 +26,7 @@ from assets.transforms.bronze import DEAD_LETTER_SCHEMA, BronzeParser, BronzeRul
 from resources.continuity import fingerprint, verify_log_continuity
 from resources.faults import failpoint
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
-from resources.delta import arrow_table
+from resources.delta import PARTITION_COLUMN, arrow_table
 from resources.lake import CommitConflict, LakeResource, bronze_table, dead_letter_table, kafka_app_id
 
 DEFAULT_MAX_RECORDS = 2_000_000
@@ -221,7 +221,7 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
             dead_files.write(dead, None)
         # Dead letters of the run that died, within this run's range (a later run counts the rest).
         kept_dead = sum(sum(1 for o in v if o < ends.get(kp, 0)) for kp, v in already_dead.items())
-        commit = BronzeCommit.of(context.run_id, spec, start, ends, counts, dead, first_message, snapshot, kept_dead)
+        commit = BronzeCommit.of(context.run_id, spec, start, ends, counts, dead, first_message, snapshot, kept_dead, bronze_files)
         if not commit.land(lake, spec, snapshot, bronze_files, dead_files, parsed.dead_letter):
             context.log.warning(
                 f"another run committed {spec.topic} offsets from {start} first; this run commits nothing "
@@ -253,9 +253,10 @@ class BronzeCommit:
     version: int = -1
     dead_letter_version: int | None = None
     kept_dead_letters: int = 0  # dead letters a run that died committed in this range (produced to the topic now)
+    files: dict[str, list[str]] = field(default_factory=dict)  # Bronze partition -> the data files added (Silver reads only these)
 
     @classmethod
-    def of(cls, run_id, spec, start, ends, counts, dead, first_message, snapshot: IngestSnapshot, kept_dead: int) -> "BronzeCommit":
+    def of(cls, run_id, spec, start, ends, counts, dead, first_message, snapshot: IngestSnapshot, kept_dead: int, bronze_files) -> "BronzeCommit":
         partitions: dict[str, int] = defaultdict(int)
         for by_pk in counts.values():
             for pk, n in by_pk.items():
@@ -270,7 +271,10 @@ class BronzeCommit:
             "ingested": before.get("ingested", 0) + sum(partitions.values()),
             "dead_letter": before.get("dead_letter", 0) + dead.height + kept_dead,
         }
-        return cls(run_id, {kp: (start[kp], end) for kp, end in ends.items()}, dict(partitions), dead.height, first, totals, kept_dead_letters=kept_dead)
+        files: dict[str, list[str]] = defaultdict(list)
+        for add in bronze_files.adds:
+            files[add.partition_values[PARTITION_COLUMN]].append(add.path)
+        return cls(run_id, {kp: (start[kp], end) for kp, end in ends.items()}, dict(partitions), dead.height, first, totals, kept_dead_letters=kept_dead, files=dict(files))
 
     def metadata(self) -> dict:
         return {
@@ -282,6 +286,7 @@ class BronzeCommit:
             "dead_letter_version": self.dead_letter_version,
             "kept_dead_letters": self.kept_dead_letters,
             "first_records": {str(k): v for k, v in self.first_records.items()},
+            "files": self.files,
             "totals": {**self.totals, "consumed": {str(k): v for k, v in self.totals["consumed"].items()}},
         }
 
@@ -297,6 +302,7 @@ class BronzeCommit:
             version,
             meta.get("dead_letter_version"),
             meta.get("kept_dead_letters", 0),
+            meta.get("files", {}),
         )
 
     def land(self, lake: LakeResource, spec: StreamSpec, snapshot: IngestSnapshot, bronze_files, dead_files, dead_schema_frame: pl.DataFrame) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
@@ -69,3 +70,10 @@ def lake_metadata(lake, table, version: int | None, sources: dict[str, int | Non
     if version is not None:
         out[LAKE_VERSION] = version
     return out
+
+
+def freshness_metadata(newest_kafka_time: datetime | None) -> dict:
+    """`freshness_s`: how old the newest record a materialization carried is (now - its Kafka timestamp)."""
+    if newest_kafka_time is None:
+        return {}
+    return {"freshness_s": round((datetime.now(timezone.utc) - newest_kafka_time).total_seconds(), 3)}

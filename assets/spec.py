@@ -142,6 +142,11 @@ class StreamSpec:
         return f"{self.topic}.dlq"
 
     @property
+    def extends_incrementally(self) -> bool:
+        """Silver partitions grow by micro-batches (else every new batch re-derives its partition)."""
+        return self.history is None or bool(self.history.group)
+
+    @property
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields]
 

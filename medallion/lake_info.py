@@ -9,7 +9,7 @@ import dagster as dg
 from assets import keys
 from assets.promotion import LAKE_VERSION
 from resources.delta import commit_metadata
-from resources.lake import LakeResource, LakeTable
+from resources.lake import LakeResource, LakeTable, bronze_table, source_app_id
 
 
 class LakeCommandError(Exception):
@@ -86,7 +86,11 @@ def rollback(lake: LakeResource, instance: dg.DagsterInstance | None, streams, t
         raise LakeCommandError(f"{t.name} version {to_version} can no longer be read (vacuumed): {exc}") from exc
     if rows is None:
         raise LakeCommandError(f"{t.name} had no partition {partition_key} in version {to_version}")
-    version = lake.publish(t.layer, t.stream, t.table, partition_key, rows, {"operation": "rollback", "from_version": to_version})
+    # Which source version the old rows hold all of is not known: the next derivation of it is a full one.
+    source = bronze_table(t.stream) if t.layer == "silver" else LakeTable("silver", t.stream, "silver")
+    version = lake.publish(
+        t.layer, t.stream, t.table, partition_key, rows, {"operation": "rollback", "from_version": to_version}, transactions={source_app_id(source, partition_key): -1}
+    )
     asset = _asset_key(streams, t)
     if instance is not None and asset is not None:
         instance.report_runless_asset_event(

@@ -141,6 +141,11 @@ def kafka_app_id(topic: str, kafka_partition: int) -> str:
     return f"{topic}:{kafka_partition}"
 
 
+def source_app_id(source: LakeTable, partition_key: str) -> str:
+    """A derived partition's app transaction: the version of `source` whose rows it holds all of."""
+    return f"{source.name}@{partition_key}"
+
+
 class LakeResource(dg.ConfigurableResource):
     """Delta Lake tables under `uri`: a local directory (embedded default) or `s3://bucket/prefix`."""
 
@@ -254,17 +259,24 @@ class LakeResource(dg.ConfigurableResource):
 
     # -- published partitions (Silver, quarantine, history, Gold) -----------------------------------
     @_outage_as_error
-    def publish(self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict, snapshot: DeltaTable | None = None) -> int:
-        """Replace one partition with `df` in one commit (its manifest in the commit metadata). Returns the
-        Delta version that holds it. `snapshot`: the table as the writer saw it when it started deriving; a
-        commit to that partition since then (an erasure elsewhere) fails this one with CommitConflict."""
+    def publish(
+        self, layer: str, stream: str, table: str, partition_key: str, df: pl.DataFrame, manifest: dict,
+        snapshot: DeltaTable | None = None, append: bool = False, transactions: dict[str, int] | None = None,
+    ) -> int:  # fmt: skip
+        """Replace one partition with `df` in one commit (its manifest in the commit metadata), or with
+        `append` add `df` to it. Returns the Delta version that holds it. `snapshot`: the table as the writer
+        saw it when it started deriving; a commit to that partition since then (an erasure elsewhere) fails
+        this one with CommitConflict, and so does one that moved any of the same app `transactions`."""
         t = LakeTable(layer, stream, table)
         files = self.data_files(t)
         files.write(df, partition_key)
         failpoint(f"publish.{layer}.before_replace")
         failpoint(f"publish.{layer}.{table}.before_replace")  # one table only, e.g. publish.gold.type_daily.before_replace
         try:
-            return self.commit(t, files, snapshot=snapshot, replace=[partition_key], metadata={"operation": "publish", **manifest, "partition": partition_key, "rows": df.height})
+            return self.commit(
+                t, files, snapshot=snapshot, replace=None if append else [partition_key], transactions=transactions,
+                metadata={"operation": "append" if append else "publish", **manifest, "partition": partition_key, "rows": df.height},
+            )  # fmt: skip
         except BaseException:
             files.discard()
             raise
@@ -293,6 +305,14 @@ class LakeResource(dg.ConfigurableResource):
         else:
             frame = frame.drop([PARTITION_COLUMN, *(exclude or [])], strict=False)
         return frame.collect()
+
+    @_outage_as_error
+    def read_files(self, t: LakeTable, paths: list[str], exclude: list[str] | None = None) -> pl.DataFrame:
+        """The rows of some of `t`'s data files (their paths as the log names them), in the order given."""
+        opts = {**self.storage_options, "max_retries": 10} if self.is_s3 else None
+        uris = [f"{self.table_uri(t)}/{p}" for p in paths]
+        frame = pl.scan_parquet(uris, storage_options=opts, hive_partitioning=False)
+        return frame.drop(exclude or [], strict=False).collect()
 
     @staticmethod
     def partition_rows_of(dt: DeltaTable) -> dict[str, int]:

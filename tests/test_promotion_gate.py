@@ -27,7 +27,7 @@ def test_bad_batch_blocks_promotion_and_last_good_keeps_serving(spec, resources,
     wh_before = warehouse.query_arrow("SELECT * FROM iot_sensor_5m ORDER BY sensor_id, window_start")
     assert silver_before.height == 200 and gold_before.height > 0 and wh_before.num_rows == gold_before.height
 
-    # 60 readings far outside the physical range: 60 / 260 = 23% > the 5% threshold.
+    # A micro-batch of 60 readings far outside the physical range: all of it fails, over the 5% threshold.
     bad = [reading(1000 + i, H + timedelta(seconds=300 + i), sensor=i % 4, value=900.0) for i in range(60)]
     produce(kafka, spec.topic, bad)
     log = drive(defs, instance, (spec,), timeout_s=300)
@@ -49,7 +49,7 @@ def test_bad_batch_blocks_promotion_and_last_good_keeps_serving(spec, resources,
     evaluation = record.event.dagster_event.event_specific_data
     assert evaluation.passed is False
     meta = evaluation.metadata
-    assert meta["failed_rows"].value == 60 and meta["rows_checked"].value == 260
+    assert meta["failed_rows"].value == 60 and meta["rows_checked"].value == 60  # the micro-batch's rows
     assert meta["failures_by_check"].value == {"value_within_physical_range": 60}
     assert meta["published"].value is False
     assert "900.0" in meta["failed_rows_sample"].value
@@ -57,6 +57,16 @@ def test_bad_batch_blocks_promotion_and_last_good_keeps_serving(spec, resources,
     # Gold never ran for the blocked partition.
     gold_runs = instance.fetch_materializations(dg.AssetKey("gold_iot_sensor_5m"), limit=100).records
     assert len([r for r in gold_runs if r.partition_key == PK]) == 1
+
+    # Good readings after it do not slip past the bad batch: the partition is derived in full, and the whole
+    # hour (60 / 360 = 17%) still fails its contract.
+    produce(kafka, spec.topic, [reading(2000 + i, H + timedelta(seconds=400 + i), sensor=i % 4) for i in range(100)])
+    log = drive(defs, instance, (spec,), timeout_s=300)
+    assert any("silver_iot" in f and PK in f for f in log.failed_runs)
+    assert content_hash(lake.read("silver", spec.name, "silver", [PK])) == content_hash(silver_before)
+    record = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1)[0]
+    assert record.event.dagster_event.event_specific_data.metadata["rows_checked"].value == 360
+    assert lake.read("quarantine", spec.name, "silver", [PK]).height == 60
 
 
 def test_a_few_bad_rows_are_quarantined_and_the_rest_published(spec, resources, instance, kafka):

@@ -158,3 +158,51 @@ def test_a_copy_earlier_in_kafka_than_the_published_one_asks_for_a_rederivation(
     state = PublishedPartition.of(IOT, derive_silver(IOT, valid(first), None, CTX).rows, None, START)
     ext = extend_silver(IOT, state, valid(second), CTX, lambda coords: all_bronze.join(coords, on=["kafka_partition", "kafka_offset"], how="semi"))
     assert ext.output is None and "precede the published copy" in ext.reason
+
+
+# -- through Dagster: the Silver asset extends its partition run by run ----------------------------------
+
+H = datetime(2026, 11, 20, 7, 0, tzinfo=timezone.utc)
+PK = "2026-11-20-07:00"
+
+
+def _silver_run(defs, spec, instance) -> dict:
+    from tests.helpers import materialize, run_ingest
+
+    assert run_ingest(defs, spec, instance).success
+    result = materialize(defs, ["silver_iot"], PK, instance)
+    [mat] = result.asset_materializations_for_node("silver_iot")
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_the_silver_asset_extends_its_partition_and_ends_as_a_full_derivation(spec, resources, instance, kafka):
+    from assets.transforms.dedup import derive_silver as full_derivation
+    from tests.conftest import produce, reading
+    from tests.helpers import definitions
+
+    defs, lake = definitions(spec, resources), resources["lake"]
+    at = lambda s: H + timedelta(seconds=s)  # noqa: E731
+    produce(kafka, spec.topic, [reading(i, at(i * 4), sensor=i % 4) for i in range(200)])
+    assert _silver_run(defs, spec, instance)["mode"] == "re-derived"  # nothing published yet
+
+    copy, other = reading(5, at(20), sensor=1), reading(6, at(24), sensor=2, value=30.0)
+    produce(kafka, spec.topic, [reading(i, at(i * 4), sensor=i % 4) for i in range(200, 300)] + [copy, other])
+    meta = _silver_run(defs, spec, instance)
+    assert (meta["mode"], meta["rows_added"], meta["bronze_rows"], meta["duplicates_dropped"]) == ("extended", 100, 102, 1)
+    assert meta["dagster/row_count"] == 300 and meta["freshness_s"] >= 0
+
+    produce(kafka, spec.topic, [reading(900, at(401), sensor=1)])  # behind sensor-1's published readings
+    assert _silver_run(defs, spec, instance)["mode"] == "re-derived"
+    produce(kafka, spec.topic, [reading(i, at(i * 4), sensor=i % 4) for i in range(300, 350)])
+    assert _silver_run(defs, spec, instance)["mode"] == "extended"
+
+    bronze = lake.read_bronze(spec.name, PK)
+    ctx = SilverContext(PK, datetime.now(timezone.utc), "x")
+    expected = full_derivation(spec, valid(bronze), None, ctx)
+    silver = lake.read("silver", spec.name, "silver", [PK])
+    cols = [c for c in silver.columns if c not in ("processed_at", "pipeline_version", "ingested_at", "z_score")]
+    assert in_kafka_order(silver).select(cols).equals(in_kafka_order(expected.rows).select(cols))
+    assert (in_kafka_order(silver)["z_score"] - in_kafka_order(expected.rows)["z_score"]).abs().max() < 1e-9
+    quarantine = lake.read("quarantine", spec.name, "silver", [PK])
+    assert quarantine.select("kafka_offset", "reason").equals(expected.rejected.select("kafka_offset", "reason"))
+    assert "different content" in quarantine["reason"][0] and quarantine["payload"][0] is not None

@@ -42,8 +42,8 @@ class PublishedPartition:
         """The published Silver columns the state is built from (a narrow read)."""
         cols = [spec.dedup_key, *POSITION]
         if spec.history is not None:
-            cols += [c for c in (*spec.history.group, "event_time", *spec.history.columns) if c not in cols]
-        return cols
+            cols += [*spec.history.group, "event_time", *spec.history.columns]
+        return list(dict.fromkeys(cols))
 
     @classmethod
     def of(cls, spec: StreamSpec, published: pl.DataFrame, context_before: pl.DataFrame | None, partition_start: datetime) -> "PublishedPartition":
