@@ -83,7 +83,6 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
             quarantine_snapshot = lake.open(quarantine_table(spec))
             bronze_version = lake.version(bronze_table(spec.name))
             context_pk, context_rows = history_before(spec, lake, pk) if spec.history else (None, None)
-            failpoint("silver.after_context")
             ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
             derived = None
             if config.publish_unchanged and bronze_version is not None and spec.extends_incrementally:
@@ -112,10 +111,12 @@ class _Derived:
 
 def _extend(context, spec: StreamSpec, lake: LakeResource, pk: str, silver_snapshot, quarantine_snapshot, bronze_version: int, context_rows, ctx) -> "_Derived | None":
     """The partition extended by the Bronze rows it has not seen, or None (logged why) if it must be derived in full."""
-    found = bronze_since_silver(lake, spec, pk, silver_snapshot, quarantine_snapshot, bronze_version)
+    with _bronze_read(spec, pk):
+        found = bronze_since_silver(lake, spec, pk, silver_snapshot, quarantine_snapshot, bronze_version)
     if isinstance(found, str):
         context.log.info(f"silver {pk}: derived in full: {found}")
         return None
+    failpoint("silver.after_context")  # Bronze and the history before read: what an erasure elsewhere races
     if spec.history is not None:
         last = latest_observation(context.instance, spec, pk)
         if last is None or last.get(CONTEXT_HASH) != frame_hash(context_rows):
@@ -139,10 +140,12 @@ def _derive_in_full(context, spec: StreamSpec, lake: LakeResource, spark: SparkE
     # The raw payload is most of Bronze's bytes and Silver never reads it: leave it on disk, fetch it only
     # for the rows set aside.
     bronze_files = lake.partition_files(bronze_table(spec.name), bronze_version, [pk])
-    bronze = lake.read_bronze(spec.name, pk, exclude=["payload"], version=bronze_version)
+    with _bronze_read(spec, pk):
+        bronze = lake.read_bronze(spec.name, pk, exclude=["payload"], version=bronze_version)
     if bronze is None:  # an hour without data (e.g. in a backfill range) derives to an empty partition
         context.log.info(f"Bronze partition {pk} of {spec.name} has no data")
         bronze = empty_bronze(spec).drop("payload")
+    failpoint("silver.after_context")
     rows = apply_contract(bronze, spec.row_contract)
     engine = "spark" if spec.uses_spark(spec.spark_silver_transform, bronze.height, spark.min_rows) else "polars"
     if engine == "spark":
@@ -154,6 +157,15 @@ def _derive_in_full(context, spec: StreamSpec, lake: LakeResource, spark: SparkE
     quarantine = _with_payloads(spec, set_aside, lambda frame: lake.attach_bronze_payloads(spec.name, pk, frame, version=bronze_version))
     handed_on = spec.history.carry(context_rows, out.rows, window(spec.partitions, pk)[1]) if spec.history else None
     return _Derived("re-derived", bronze.height, rows, out, quarantine, handed_on, bronze_files, bronze["kafka_timestamp"].max(), engine)
+
+
+@contextlib.contextmanager
+def _bronze_read(spec: StreamSpec, pk: str):
+    """A Bronze file of the snapshot gone while it is read: an erasure elsewhere rewrote it and vacuumed."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise dg.Failure(f"bronze_{spec.name} {pk} changed while Silver was derived from it; run it again", allow_retries=True) from exc
 
 
 def _set_aside(spec: StreamSpec, failed: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:

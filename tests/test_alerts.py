@@ -70,7 +70,7 @@ def test_failed_contract_check_and_failed_run_alert_the_webhook(spec, resources,
     checks1 = _tick(defs, "alert_on_check_failure", instance, checks0.cursor)
     assert receiver.received == [] and checks1.skip_message  # passing checks alert nobody
 
-    # 60 of 260 rows outside the physical range: Silver's blocking contract check fails, its run fails.
+    # A micro-batch of 60 rows outside the physical range: Silver's blocking contract check fails, its run fails.
     produce(kafka, spec.topic, [reading(1000 + i, H + timedelta(seconds=300 + i), sensor=i % 4, value=900.0) for i in range(60)])
     log = drive(defs, instance, (spec,), timeout_s=300)
     assert log.failed_runs
@@ -81,7 +81,7 @@ def test_failed_contract_check_and_failed_run_alert_the_webhook(spec, resources,
     assert msg["content_type"] == "application/json" and msg["path"] == "/hooks/T000/B000/secret-token"
     text = msg["body"]["text"]
     assert text.startswith("Contract check failed: silver_iot:contract")
-    assert f"partition: {PK}" in text and "failed_rows: 60 of 260" in text and "value_within_physical_range" in text
+    assert f"partition: {PK}" in text and "failed_rows: 60 of 60" in text and "value_within_physical_range" in text
     assert msg["body"]["blocks"][0]["type"] == "header"
     assert "http://dagster.example:3000/runs/" in json.dumps(msg["body"]["blocks"])
     # Each failure is reported once.
