@@ -10,6 +10,7 @@ rows is the one that moves the offsets, and a second run of the same range fails
 import contextlib
 import gc
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ import dagster as dg
 import polars as pl
 
 from assets import keys
-from assets.partitions import partition_key_expr, partition_start
+from assets.partitions import partition_key_expr, partition_start, window
 from assets.promotion import LAKE_VERSION
 from assets.spec import StreamSpec
 from assets.bronze_stage import BronzeStage
@@ -28,6 +29,8 @@ from resources.faults import failpoint
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
 from resources.delta import PARTITION_COLUMN, arrow_table
 from resources.lake import CommitConflict, LakeResource, bronze_table, dead_letter_table, kafka_app_id
+from resources.spark import SparkEngine
+from resources.warehouse import WarehouseResource
 
 DEFAULT_MAX_RECORDS = 2_000_000
 
@@ -62,7 +65,11 @@ def topic_asset(spec: StreamSpec) -> dg.AssetSpec:
 
 
 class IngestConfig(dg.Config):
-    max_records: int = DEFAULT_MAX_RECORDS  # backpressure: records per run at most
+    max_records: int = DEFAULT_MAX_RECORDS  # backpressure: records per run (per micro-batch when streaming) at most
+    # > 0: a stream run. It keeps consuming for this long (or until its partition's time window ends),
+    # commits a micro-batch each time it reaches the end of the log, and carries each one through Silver,
+    # Gold and the warehouse itself. 0: one pass to the end of the log (the rest follows by automation).
+    stream_for_s: float = 0.0
 
 
 def ingest_pool(spec: StreamSpec) -> str:
@@ -71,12 +78,15 @@ def ingest_pool(spec: StreamSpec) -> str:
     return f"ingest_{spec.name}"
 
 
-def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
+def build_bronze(spec: StreamSpec, follow=None) -> dg.AssetsDefinition:
     """Bronze as an asset whose materialization is an ingest of everything pending in the topic.
 
     A run targets one partition (the sensor picks the current hour, so fresh data flows to Gold in the same
     run); records land in whichever event-time partitions they belong to, and every other partition touched
     gets its own materialization event, so automation re-derives late hours too.
+
+    `follow(context, lake, warehouse, spark, touched partitions, own partition)`: what a stream run does
+    with each micro-batch after committing it (yields the events of the layers it materializes).
     """
     rules = bronze_rules(spec)
     pk_expr = partition_key_expr(spec.partitions, "event_time")
@@ -98,12 +108,15 @@ def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
             "this); records land in their own event-time partitions."
         ),
     )
-    def bronze(context: dg.AssetExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource):
+    def bronze(context: dg.AssetExecutionContext, config: IngestConfig, kafka: KafkaResource, lake: LakeResource, warehouse: WarehouseResource, spark: SparkEngine):
         own = context.partition_key
         with lake.stream_lock(spec.name):
             # A crashed run may have committed without announcing: announce first, so events keep commit order.
             pending = unannounced_commits(context.instance, spec, lake, context.run_id)
             failpoint("ingest.after_recover")
+            if config.stream_for_s > 0 and follow is not None:
+                yield from _stream(context, spec, rules, pk_expr, config, kafka, lake, pending, lambda touched: follow(context, lake, warehouse, spark, touched, own))
+                return
             parts = kafka.partitions(spec.topic)
             snapshot = IngestSnapshot.load(lake, spec, parts)
             try:
@@ -120,6 +133,51 @@ def build_bronze(spec: StreamSpec) -> dg.AssetsDefinition:
             finish_report(context, spec, kafka, lake, commits)
 
     return bronze
+
+
+CONTINUITY_CHECK_EVERY_S = 30.0  # a stream run checks that the topic still holds what Bronze committed
+GROUP_OFFSETS_EVERY_S = 10.0  # and mirrors its offsets to the consumer group for lag tooling
+IDLE_POLL_S = 0.1  # at the end of the log, wait this long before looking again
+
+
+def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: IngestConfig, kafka: KafkaResource, lake: LakeResource, pending: list, follow):
+    """A stream run: micro-batch after micro-batch, each committed, announced and followed through to the
+    warehouse before the next, until `stream_for_s` is up or the run's partition window ends (the sensor
+    has the next run waiting on the ingest lock, so the handover costs no process start)."""
+    began = time.monotonic()
+    window_end = window(spec.partitions, context.partition_key)[1]
+    parts = kafka.partitions(spec.topic)
+    checked_at = reported_at = float("-inf")
+    batches = records = 0
+    unreported: list[BronzeCommit] = []
+    while True:
+        snapshot = IngestSnapshot.load(lake, spec, parts)
+        if time.monotonic() - checked_at >= CONTINUITY_CHECK_EVERY_S:
+            try:
+                verify_log_continuity(kafka, spec.topic, snapshot.first_records)
+            except OffsetsWentBackwardsError as exc:
+                raise dg.Failure(description=str(exc), allow_retries=False) from exc
+            checked_at = time.monotonic()
+        committed = _ingest(context, spec, rules, pk_expr, kafka, lake, snapshot, config.max_records, quiet=True)
+        commits = pending + ([committed] if committed is not None else [])
+        pending = []
+        if commits:
+            events: list = []
+            announce(context, spec, kafka, lake, commits, None, emit=events.append)
+            yield from events
+            yield from follow(sorted({pk for c in commits for pk in c.partitions}))
+            unreported += commits
+            batches += 1
+            records += sum(sum(c.partitions.values()) + c.dead_letter_rows for c in commits)
+        if unreported and time.monotonic() - reported_at >= GROUP_OFFSETS_EVERY_S:
+            finish_report(context, spec, kafka, lake, unreported)
+            unreported, reported_at = [], time.monotonic()
+        if time.monotonic() - began >= config.stream_for_s or datetime.now(timezone.utc) >= window_end:
+            break
+        if committed is None:
+            time.sleep(IDLE_POLL_S)
+    finish_report(context, spec, kafka, lake, unreported)
+    context.log.info(f"stream run of {spec.topic}: {batches} micro-batches, {records} records in {time.monotonic() - began:.0f} s")
 
 
 @contextlib.contextmanager
@@ -179,7 +237,7 @@ def _already_dead(lake: LakeResource, spec: StreamSpec, snapshot: IngestSnapshot
     return out
 
 
-def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: KafkaResource, lake: LakeResource, snapshot: IngestSnapshot, max_records: int) -> "BronzeCommit | None":
+def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: KafkaResource, lake: LakeResource, snapshot: IngestSnapshot, max_records: int, quiet: bool = False) -> "BronzeCommit | None":
     """Read from the committed offsets to the end of the log (or `max_records`), writing Bronze files as
     blocks are parsed, then commit: dead-letter first, then Bronze, each with the Kafka offsets as app
     transactions. Returns the commit (None when nothing was read, or another run committed this range first)."""
@@ -233,7 +291,7 @@ def _ingest(context, spec: StreamSpec, rules: BronzeRules, pk_expr, kafka: Kafka
         dead_files.discard()
         raise
     failpoint("ingest.after_commit")
-    context.log.info(
+    (context.log.debug if quiet else context.log.info)(
         f"committed {stage.rows} bronze + {dead.height} dead-letter records in Bronze version {commit.version}: "
         + ", ".join(f"p{kp}[{a},{b})" for kp, (a, b) in sorted(commit.ranges.items()))
     )
@@ -397,7 +455,7 @@ def needs_announcing(instance: dg.DagsterInstance, spec: StreamSpec, lake: LakeR
         return False
 
 
-def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, commits: list[BronzeCommit], own_partition: str | None) -> dict | None:
+def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource, commits: list[BronzeCommit], own_partition: str | None, emit=None) -> dict | None:
     """After a commit (or on recovery from a crash right after one): dead letters to the DLQ topic, and a
     materialization event for every Bronze partition touched. Returns the metadata of `own_partition`
     (the run's own, reported by the caller as its result) if the newest commit touched it.
@@ -426,7 +484,7 @@ def announce(context, spec: StreamSpec, kafka: KafkaResource, lake: LakeResource
             if pk == own_partition and c is commits[-1]:
                 own = metadata
                 continue
-            context.log_event(dg.AssetMaterialization(asset_key=keys.bronze_key(spec), partition=pk, metadata=metadata))
+            (emit or context.log_event)(dg.AssetMaterialization(asset_key=keys.bronze_key(spec), partition=pk, metadata=metadata))
             failpoint("report.mid_events")
     return own
 

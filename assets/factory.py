@@ -11,6 +11,7 @@ from assets.bronze import build_bronze, topic_asset
 from assets.gold import build_gold
 from assets.silver import build_silver
 from assets.spec import StreamSpec
+from assets.streaming import follower
 from assets.warehouse import build_warehouse_load
 
 
@@ -22,7 +23,7 @@ class StreamDefinitions:
 
 
 def build_stream(spec: StreamSpec) -> StreamDefinitions:
-    assets: list = [topic_asset(spec), build_bronze(spec), build_silver(spec)]
+    assets: list = [topic_asset(spec), build_bronze(spec, follower(spec)), build_silver(spec)]
     chain = [keys.bronze_key(spec), keys.silver_key(spec)]
     for table in spec.gold:
         assets += [build_gold(spec, table), build_warehouse_load(spec, table)]

@@ -1,6 +1,7 @@
 """Gold: aggregates of Silver per table of the stream spec, gated by their contracts."""
 
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -15,7 +16,9 @@ from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, lake_metadata, sample_markdown
 from assets.silver import derive_silver_rows
 from assets.spec import GoldTable, SilverContext, StreamSpec
+from assets.silver import BLOCKED, DEFERRED, PUBLISHED
 from resources.faults import failpoint
+from resources.locks import LockBusy
 from resources.lake import CommitConflict, LakeResource, LakeTable
 from resources.spark import SparkEngine
 from resources.pii import pii_key
@@ -28,9 +31,9 @@ def silver_keys_for(spec: StreamSpec, table: GoldTable, partition_key: str) -> l
     return spec.partitions.get_partition_keys_in_time_window(dg.TimeWindow(start, end))
 
 
-def gold_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_key: str):
+def gold_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_key: str, wait_s: float | None = None):
     """Held while a Gold partition is derived from Silver and published (materializations and erasures)."""
-    return lake.stream_lock(spec.name, f"gold-{table.name}-{partition_key.replace(':', '')}")
+    return lake.stream_lock(spec.name, f"gold-{table.name}-{partition_key.replace(':', '')}", wait_s=wait_s)
 
 
 def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str, version: int | None = None) -> tuple[list[str], pl.DataFrame]:
@@ -107,50 +110,62 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
         description=table.description,
     )
     def gold(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkEngine):
-        pk = context.partition_key
-        # Read Silver and publish under one lock, so an erasure (which rewrites Silver and re-derives this
-        # partition under the same lock) is never overwritten by rows read before it.
-        with gold_lock(lake, spec, table, pk):
-            for attempt in range(1, ATTEMPTS + 1):
-                derived = _derive(spec, table, lake, spark, pk)
-                verdict = apply_contract(derived.rows, table.contract)
-                if not verdict.ok:
-                    break
-                failpoint("gold.before_publish")
-                try:
-                    # Optimistic across tables (no lock is shared between machines): Silver's files must be those
-                    # read, and the Gold partition must be unchanged since it began (Delta checks that one).
-                    if lake.partition_files(derived.silver, None, derived.source_keys) != derived.silver_files:
-                        raise CommitConflict(f"{derived.silver.name} changed while {key.to_user_string()} {pk} was derived")
-                    version = lake.publish(
-                        "gold", spec.name, table.name, pk, derived.rows,
-                        {**gold_manifest(pk, derived.source_keys, derived.silver_height), "silver_version": derived.silver_version},
-                        snapshot=derived.gold_snapshot,
-                    )  # fmt: skip
-                    break
-                except CommitConflict as exc:
-                    if attempt == ATTEMPTS:
-                        raise dg.Failure(f"{exc}; gave up after {ATTEMPTS} attempts (another writer keeps changing it)") from exc
-                    context.log.warning(f"{exc}: deriving again from the new snapshot (attempt {attempt + 1})")
-            rows, engine = derived.rows, derived.engine
-            yield check_result(
-                key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
-                verdict.schema_errors, sample_markdown(verdict.failed, list(rows.columns) + ["check", "reason"]),
-            )  # fmt: skip
-            if not verdict.ok:
-                context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
-                return
-            read_from, silver_height, source_keys, silver_version = derived.read_from, derived.silver_height, derived.source_keys, derived.silver_version
-        yield dg.MaterializeResult(
-            asset_key=key,
-            metadata={
-                "dagster/row_count": rows.height,
-                "silver_rows": silver_height,
-                "silver_partitions_read": len(source_keys),
-                "engine": engine,
-                "silver_read_by": read_from,
-                **lake_metadata(lake, LakeTable("gold", spec.name, table.name), version, {LakeTable("silver", spec.name, "silver").name: silver_version}),
-            },
-        )
+        yield from gold_partition(context, spec, table, lake, spark, context.partition_key)
 
     return gold
+
+
+def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str, *, wait: bool = True):
+    """Derive one Gold partition from one Silver snapshot and publish it if its contract passes. Yields its
+    check result and materialization; returns PUBLISHED, BLOCKED, or DEFERRED (without `wait`, another
+    process holds it)."""
+    key = keys.gold_key(spec, table)
+    # Read Silver and publish under one lock, so an erasure (which rewrites Silver and re-derives this
+    # partition under the same lock) is never overwritten by rows read before it.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(gold_lock(lake, spec, table, pk, wait_s=None if wait else 0))
+        except LockBusy:
+            return DEFERRED
+        for attempt in range(1, ATTEMPTS + 1):
+            derived = _derive(spec, table, lake, spark, pk)
+            verdict = apply_contract(derived.rows, table.contract)
+            if not verdict.ok:
+                break
+            failpoint("gold.before_publish")
+            try:
+                # Optimistic across tables (no lock is shared between machines): Silver's files must be those
+                # read, and the Gold partition must be unchanged since it began (Delta checks that one).
+                if lake.partition_files(derived.silver, None, derived.source_keys) != derived.silver_files:
+                    raise CommitConflict(f"{derived.silver.name} changed while {key.to_user_string()} {pk} was derived")
+                version = lake.publish(
+                    "gold", spec.name, table.name, pk, derived.rows,
+                    {**gold_manifest(pk, derived.source_keys, derived.silver_height), "silver_version": derived.silver_version},
+                    snapshot=derived.gold_snapshot,
+                )  # fmt: skip
+                break
+            except CommitConflict as exc:
+                if attempt == ATTEMPTS:
+                    raise dg.Failure(f"{exc}; gave up after {ATTEMPTS} attempts (another writer keeps changing it)") from exc
+                context.log.warning(f"{exc}: deriving again from the new snapshot (attempt {attempt + 1})")
+        rows, engine = derived.rows, derived.engine
+        yield check_result(
+            key, verdict.ok, rows.height, verdict.failed.height, verdict.failure_counts, None,
+            verdict.schema_errors, sample_markdown(verdict.failed, list(rows.columns) + ["check", "reason"]),
+        )  # fmt: skip
+        if not verdict.ok:
+            context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
+            return BLOCKED
+        read_from, silver_height, source_keys, silver_version = derived.read_from, derived.silver_height, derived.source_keys, derived.silver_version
+    yield dg.MaterializeResult(
+        asset_key=key,
+        metadata={
+            "dagster/row_count": rows.height,
+            "silver_rows": silver_height,
+            "silver_partitions_read": len(source_keys),
+            "engine": engine,
+            "silver_read_by": read_from,
+            **lake_metadata(lake, LakeTable("gold", spec.name, table.name), version, {LakeTable("silver", spec.name, "silver").name: silver_version}),
+        },
+    )
+    return PUBLISHED

@@ -24,6 +24,7 @@ from assets.spec import SilverContext, SilverOutput, StreamSpec
 from assets.transforms.dedup import derive_silver
 from assets.transforms.increment import extend_silver
 from resources.faults import failpoint
+from resources.locks import LockBusy
 from resources.lake import LakeResource, LakeTable, bronze_table, source_app_id
 from resources.spark import SparkEngine
 from resources.pii import pii_key, pseudonymise
@@ -37,9 +38,9 @@ def quarantine_columns(spec: StreamSpec) -> list[str]:
     return COORDINATES + spec.field_names + ["payload", "check", "reason"]
 
 
-def silver_lock(lake: LakeResource, spec: StreamSpec, partition_key: str):
+def silver_lock(lake: LakeResource, spec: StreamSpec, partition_key: str, wait_s: float | None = None):
     """Held while a Silver partition (and its quarantine) is derived from Bronze and published, or erased from."""
-    return lake.stream_lock(spec.name, f"silver-{partition_key.replace(':', '')}")
+    return lake.stream_lock(spec.name, f"silver-{partition_key.replace(':', '')}", wait_s=wait_s)
 
 
 class SilverConfig(dg.Config):
@@ -72,26 +73,42 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
         description=f"{spec.description}: typed, validated, deduplicated and enriched; quarantine beside it.",
     )
     def silver(context: dg.AssetExecutionContext, config: SilverConfig, lake: LakeResource, spark: SparkEngine):
-        pk = context.partition_key
-        with contextlib.ExitStack() as held:
-            if spec.history is not None:
-                held.enter_context(histories_lock(lake, spec))
-            held.enter_context(silver_lock(lake, spec, pk))
-            # Snapshots first: Silver as it is now (a rewrite of this partition meanwhile, an erasure on another
-            # machine, fails the publish), then Bronze, read once and recorded.
-            silver_snapshot = lake.open(silver_table(spec))
-            quarantine_snapshot = lake.open(quarantine_table(spec))
-            bronze_version = lake.version(bronze_table(spec.name))
-            context_pk, context_rows = history_before(spec, lake, pk) if spec.history else (None, None)
-            ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
-            derived = None
-            if config.publish_unchanged and bronze_version is not None and spec.extends_incrementally:
-                derived = _extend(context, spec, lake, pk, silver_snapshot, quarantine_snapshot, bronze_version, context_rows, ctx)
-            if derived is None:
-                derived = _derive_in_full(context, spec, lake, spark, pk, bronze_version, context_rows, ctx)
-            yield from _gate_and_publish(context, config, spec, lake, pk, derived, silver_snapshot, bronze_version, context_pk, context_rows)
+        yield from silver_partition(context, spec, config, lake, spark, context.partition_key)
 
     return silver
+
+
+# What a derivation of one partition came to (the value a `silver_partition` generator returns).
+PUBLISHED, UNCHANGED, BLOCKED, DEFERRED = "published", "unchanged", "blocked", "deferred"
+
+
+def silver_partition(context, spec: StreamSpec, config: SilverConfig, lake: LakeResource, spark: SparkEngine, pk: str, *, in_full: bool = True, wait: bool = True):
+    """Derive one Silver partition: extend it by the Bronze rows it has not seen, else (`in_full`) derive it in
+    full. Yields its check result and materialization; returns PUBLISHED, UNCHANGED, BLOCKED (the contract
+    failed) or DEFERRED (it needs a full derivation and `in_full` is off, or, without `wait`, another
+    process holds it)."""
+    with contextlib.ExitStack() as held:
+        if spec.history is not None:
+            held.enter_context(histories_lock(lake, spec))
+        try:
+            held.enter_context(silver_lock(lake, spec, pk, wait_s=None if wait else 0))
+        except LockBusy:
+            return DEFERRED
+        # Snapshots first: Silver as it is now (a rewrite of this partition meanwhile, an erasure on another
+        # machine, fails the publish), then Bronze, read once and recorded.
+        silver_snapshot = lake.open(silver_table(spec))
+        quarantine_snapshot = lake.open(quarantine_table(spec))
+        bronze_version = lake.version(bronze_table(spec.name))
+        context_pk, context_rows = history_before(spec, lake, pk) if spec.history else (None, None)
+        ctx = SilverContext(partition_key=pk, processed_at=datetime.now(timezone.utc), pipeline_version=PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
+        derived = None
+        if config.publish_unchanged and bronze_version is not None and spec.extends_incrementally:
+            derived = _extend(context, spec, lake, pk, silver_snapshot, quarantine_snapshot, bronze_version, context_rows, ctx)
+        if derived is None:
+            if not in_full:
+                return DEFERRED
+            derived = _derive_in_full(context, spec, lake, spark, pk, bronze_version, context_rows, ctx)
+        return (yield from _gate_and_publish(context, config, spec, lake, pk, derived, silver_snapshot, bronze_version, context_pk, context_rows))
 
 
 @dataclass
@@ -114,20 +131,20 @@ def _extend(context, spec: StreamSpec, lake: LakeResource, pk: str, silver_snaps
     with _bronze_read(spec, pk):
         found = bronze_since_silver(lake, spec, pk, silver_snapshot, quarantine_snapshot, bronze_version)
     if isinstance(found, str):
-        context.log.info(f"silver {pk}: derived in full: {found}")
+        context.log.info(f"silver {pk}: not extended: {found}")
         return None
     failpoint("silver.after_context")  # Bronze and the history before read: what an erasure elsewhere races
     if spec.history is not None:
         last = latest_observation(context.instance, spec, pk)
         if last is None or last.get(CONTEXT_HASH) != frame_hash(context_rows):
-            context.log.info(f"silver {pk}: derived in full: the history before it changed since it was published")
+            context.log.info(f"silver {pk}: not extended: the history before it changed since it was published")
             return None
     start, end = window(spec.partitions, pk)
     state = published_state(lake, spec, pk, silver_snapshot, context_rows, start)
     rows = apply_contract(found.rows, spec.row_contract)
     ext = extend_silver(spec, state, rows.passed, ctx, first_copies_in(lake, spec, pk, bronze_version))
     if ext.output is None:
-        context.log.info(f"silver {pk}: derived in full: {ext.reason}")
+        context.log.info(f"silver {pk}: not extended: {ext.reason}")
         return None
     out = ext.output
     set_aside = _set_aside(spec, rows.failed, out.rejected)
@@ -213,7 +230,7 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
             f"({failure_rate:.2%} > {spec.max_failure_rate:.2%}) {counts}; the previous version keeps serving"
             + ("; the partition is derived in full until it passes again" if extended else "")
         )
-        return
+        return BLOCKED
     rows_changed = config.publish_unchanged or not _same_as_published(lake, spec, pk, d.out.rows)
     version = None
     if rows_changed and not d.bronze_files <= lake.partition_files(bronze_table(spec.name), None, [pk]):
@@ -229,7 +246,7 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
     lineage = _hand_on_history(context, spec, lake, pk, context_pk, context_rows, d.handed_on) if spec.history else {}
     if not rows_changed:
         context.log.info(f"silver {pk}: re-derived rows equal the published ones; not republished, downstream need not run")
-        return
+        return UNCHANGED
     published_rows = lake.partition_rows_of(lake.open(silver_table(spec), version)).get(pk, 0)
     yield dg.MaterializeResult(
         asset_key=key,
@@ -248,6 +265,7 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
             **lineage,
         },
     )
+    return PUBLISHED
 
 
 def _same_as_published(lake: LakeResource, spec: StreamSpec, pk: str, rows: pl.DataFrame) -> bool:

@@ -13,6 +13,7 @@ from assets.automation import FOLLOW_GOLD
 from assets.partitions import window
 from assets.spec import GoldTable, StreamSpec
 from resources.lake import LakeResource, LakeTable
+from resources.locks import LockBusy
 from resources.warehouse import WarehouseResource
 
 
@@ -59,9 +60,9 @@ def day_gold_keys(table: GoldTable, partition_key: str) -> tuple[str, list[str]]
     return day_start.strftime("%Y%m%d"), day_keys
 
 
-def warehouse_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, day_id: str):
+def warehouse_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, day_id: str, wait_s: float | None = None):
     """Held while a day of a warehouse table is read from Gold and swapped (loads and erasures)."""
-    return lake.stream_lock(spec.name, f"warehouse-{keys.warehouse_table(spec, table)}-{day_id}")
+    return lake.stream_lock(spec.name, f"warehouse-{keys.warehouse_table(spec, table)}-{day_id}", wait_s=wait_s)
 
 
 def load_day(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, day_id: str, gold_keys: list[str], gold_version: int | None = None) -> int:
@@ -96,21 +97,32 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
         metadata={"table": name, "ddl": dg.MetadataValue.md("```sql\n" + ";\n\n".join(all_ddl(spec, table)) + "\n```")},
     )
     def load(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource):
-        day_id, gold_keys = day_gold_keys(table, context.partition_key)
-        # Read and swap under one lock: two hours of the same day loading at once must not lose either.
-        gold = LakeTable("gold", spec.name, table.name)
-        with warehouse_lock(lake, spec, table, day_id):
-            gold_version = lake.version(gold)  # one snapshot of Gold: recorded, so the load can be repeated
-            loaded = load_day(spec, table, lake, warehouse, day_id, gold_keys, gold_version)
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": loaded,
-                "table": name,
-                "clickhouse_partition": day_id,
-                "gold_partitions_in_day": len(gold_keys),
-                "warehouse": warehouse.mode,
-                "lake/sources": dg.MetadataValue.json({gold.name: gold_version}),
-            }
-        )
+        return load_partition(spec, table, lake, warehouse, context.partition_key)
 
     return load
+
+
+def load_partition(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, partition_key: str, *, wait: bool = True) -> dg.MaterializeResult | None:
+    """Load the day of a Gold partition into its warehouse table; None if (without `wait`) another process
+    is loading that day."""
+    day_id, gold_keys = day_gold_keys(table, partition_key)
+    name = keys.warehouse_table(spec, table)
+    # Read and swap under one lock: two hours of the same day loading at once must not lose either.
+    gold = LakeTable("gold", spec.name, table.name)
+    try:
+        with warehouse_lock(lake, spec, table, day_id, wait_s=None if wait else 0):
+            gold_version = lake.version(gold)  # one snapshot of Gold: recorded, so the load can be repeated
+            loaded = load_day(spec, table, lake, warehouse, day_id, gold_keys, gold_version)
+    except LockBusy:
+        return None
+    return dg.MaterializeResult(
+        asset_key=keys.warehouse_key(spec, table),
+        metadata={
+            "dagster/row_count": loaded,
+            "table": name,
+            "clickhouse_partition": day_id,
+            "gold_partitions_in_day": len(gold_keys),
+            "warehouse": warehouse.mode,
+            "lake/sources": dg.MetadataValue.json({gold.name: gold_version}),
+        },
+    )

@@ -11,6 +11,7 @@ from assets.maintenance import build_maintenance
 from assets.spec import StreamSpec
 from assets.streams import STREAMS
 from resources.config import alert_webhook, platform_resources
+from resources.settings import load_settings
 from resources.spark import SparkEngine
 from sensors.alerts import alert_on_run_failure, build_check_failure_alert
 from sensors.automation import automation_sensors
@@ -26,7 +27,7 @@ def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict
         built = build_stream(spec)
         assets += built.assets
         jobs.append(built.ingest_job)
-        sensors.append(build_kafka_sensor(spec, built.ingest_job))
+        sensors.append(build_kafka_sensor(spec, built.ingest_job, stream_for_s=load_settings().stream_for_s))
         sensors += automation_sensors(spec)
         if spec.history is not None:
             sensors.append(build_history_sensor(spec, rederive[keys.silver_key(spec).to_user_string()]))

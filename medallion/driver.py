@@ -44,9 +44,15 @@ def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, sensor: dg.Sens
     tags = {**req.tags, "dagster/sensor_name": sensor.name, "dagster/run_key": req.run_key, **owner_tags()}
     job = defs.resolve_job_def(req.job_name or sensor.job_name)
     return job.execute_in_process(
-        run_config=req.run_config, instance=instance, tags=tags, partition_key=req.partition_key, raise_on_error=False,
+        run_config=_one_pass(req.run_config), instance=instance, tags=tags, partition_key=req.partition_key, raise_on_error=False,
         asset_selection=list(req.asset_selection) if req.asset_selection is not None else None,
     )  # fmt: skip
+
+
+def _one_pass(run_config: dict) -> dict:
+    """Requests run here one after another: a stream run would never hand back, so each ingest is one pass."""
+    ops = {name: {**op, "config": {**op["config"], "stream_for_s": 0}} if "stream_for_s" in op.get("config", {}) else op for name, op in run_config.get("ops", {}).items()}
+    return {**run_config, "ops": ops} if ops else run_config
 
 
 def drive(

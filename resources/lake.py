@@ -575,13 +575,13 @@ class LakeResource(dg.ConfigurableResource):
         lock, so nothing may depend on one for correctness."""
         return load_settings().home / "locks" / _lock_name(self.uri) / f"{stream}.{name}.lock"
 
-    def stream_lock(self, stream: str, name: str = "ingest", shared: bool = False):
+    def stream_lock(self, stream: str, name: str = "ingest", shared: bool = False, wait_s: float | None = None):
         """Serialize writers of one stream on this machine (e.g. a backfill racing a sensor-triggered run):
         they wait, not fail. It saves work a commit conflict would throw away; correctness rests on Delta's
         commit checks. `shared`: many holders at once, none while an exclusive holder works (e.g.
         derivations vs an erasure)."""
         path = self.lock_path(stream, name)
-        return shared_lock(path) if shared else exclusive_lock(path)
+        return shared_lock(path) if shared else exclusive_lock(path, wait_s)
 
 
 def _lock_name(uri: str) -> str:

@@ -16,6 +16,9 @@ class Settings:
     kafka_bootstrap: str | None  # None: start the embedded Tansu broker
     postgres_url: str | None = None  # None: the Dagster instance on SQLite under dagster_home
     lake_location: str | None = None  # None: the local lake under home
+    # How long one stream run of the Kafka sensor consumes before the next takes over (0: one pass per run,
+    # Silver and the rest following by automation).
+    stream_for_s: float = 600.0
 
     @property
     def dagster_home(self) -> Path:
@@ -46,4 +49,5 @@ def load_settings() -> Settings:
         kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
         postgres_url=os.environ.get("MEDALLION_POSTGRES_URL") or None,
         lake_location=os.environ.get("MEDALLION_LAKE_URI") or None,
+        stream_for_s=float(os.environ.get("MEDALLION_STREAM_FOR_S") or 600),
     )

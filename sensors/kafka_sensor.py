@@ -27,7 +27,9 @@ ACTIVE = [
 START_OFFSETS_TAG = "medallion/start_offsets"
 
 
-def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT_MAX_RECORDS) -> dg.SensorDefinition:
+def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT_MAX_RECORDS, stream_for_s: float = 0.0) -> dg.SensorDefinition:
+    """`stream_for_s` > 0: each run is a stream run of that length, and one more waits behind it on the ingest
+    lock (its process start overlaps the current run), so the topic is always being consumed."""
     op_name = keys.bronze_key(spec).to_python_identifier()
 
     @dg.sensor(
@@ -67,7 +69,7 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
                 f"runs {', '.join(r.run_id for r in active)} of {job.name} in progress; lag {lag_text} (committed {committed})"
             )
         recovery = needs_announcing(context.instance, spec, lake)
-        if not waiting and not recovery:
+        if not waiting and not recovery and not (stream_for_s > 0 and active):
             return dg.SkipReason(f"no new records in {spec.topic}: lag 0 on all partitions (committed {committed})")
         tag = offsets_tag(committed)
         failed = context.instance.get_runs(
@@ -81,7 +83,7 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
         return dg.RunRequest(
             run_key=f"{spec.name}:{tag}#{len(failed)}+{len(active)}",
             partition_key=spec.partitions.get_last_partition_key(),
-            run_config={"ops": {op_name: {"config": {"max_records": max_records_per_run}}}},
+            run_config={"ops": {op_name: {"config": {"max_records": max_records_per_run, "stream_for_s": stream_for_s}}}},
             tags={
                 "medallion/stream": spec.name,
                 START_OFFSETS_TAG: tag,

@@ -40,6 +40,8 @@ def medallion_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MEDALLION_HOME", str(home))
     for var in ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_HOST"):
         monkeypatch.delenv(var, raising=False)
+    # The sensor's runs are one pass each unless a test asks for stream runs (tests/test_stream_runs.py).
+    monkeypatch.setenv("MEDALLION_STREAM_FOR_S", "0")
     return home
 
 

@@ -1,0 +1,70 @@
+"""What a stream run does with each micro-batch once Bronze has committed it: Silver, Gold and the warehouse
+for the partitions it touched, in the same process, reported as the same materializations and checks the
+assets' own runs report.
+
+The run's own partition (the open hour) is carried through whatever it takes. Other partitions (late data)
+are carried only if Silver can extend them; one that needs a full derivation, or that another process is
+deriving right now, is left to declarative automation, which sees its Bronze materialization like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+
+from assets.gold import gold_partition
+from assets.silver import DEFERRED, PUBLISHED, SilverConfig, silver_partition
+from assets.spec import GoldTable, StreamSpec
+from assets.warehouse import load_partition
+
+
+def as_event(result, partition: str):
+    """A result an asset's own run would report, as an event any step may log for that asset and partition."""
+    if isinstance(result, dg.MaterializeResult):
+        return dg.AssetMaterialization(asset_key=result.asset_key, partition=partition, metadata=result.metadata)
+    if isinstance(result, dg.AssetCheckResult):
+        return dg.AssetCheckEvaluation(
+            asset_key=result.asset_key, check_name=result.check_name, passed=result.passed, metadata=result.metadata,
+            severity=result.severity, description=result.description, blocking=True,
+        )  # fmt: skip
+    return result
+
+
+def _relay(results, partition: str):
+    """Yield the events of a partition generator (silver_partition, gold_partition); return its outcome."""
+    while True:
+        try:
+            result = next(results)
+        except StopIteration as done:
+            return done.value
+        yield as_event(result, partition)
+
+
+def gold_partition_of(spec: StreamSpec, table: GoldTable, silver_partition_key: str) -> str:
+    """The Gold partition a Silver partition falls in (itself, or its day for a daily rollup)."""
+    if table.partitions == spec.partitions:
+        return silver_partition_key
+    start = spec.partitions.time_window_for_partition_key(silver_partition_key).start
+    return table.partitions.get_partition_key_for_timestamp(start.timestamp())
+
+
+def follower(spec: StreamSpec):
+    """`follow` for `build_bronze(spec, follow)`: carries the partitions a micro-batch touched downstream."""
+
+    def follow(context, lake, warehouse, spark, touched: list[str], own: str) -> Iterator:
+        for pk in touched:
+            outcome = yield from _relay(silver_partition(context, spec, SilverConfig(), lake, spark, pk, in_full=pk == own, wait=False), pk)
+            if outcome == DEFERRED:
+                context.log.info(f"silver {pk}: left to automation (it needs a full derivation, or another run is deriving it)")
+            if outcome != PUBLISHED:
+                continue
+            for table in spec.gold:
+                gpk = gold_partition_of(spec, table, pk)
+                if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=False), gpk)) != PUBLISHED:
+                    continue
+                loaded = load_partition(spec, table, lake, warehouse, gpk, wait=False)
+                if loaded is not None:
+                    yield as_event(loaded, gpk)
+
+    return follow
