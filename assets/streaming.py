@@ -53,6 +53,7 @@ def follower(spec: StreamSpec):
     """`follow` for `build_bronze(spec, follow)`: carries the partitions a micro-batch touched downstream."""
 
     def follow(context, lake, warehouse, spark, touched: list[str], own: str) -> Iterator:
+        to_load: list[tuple[GoldTable, str]] = []
         for pk in touched:
             outcome = yield from _relay(silver_partition(context, spec, SilverConfig(), lake, spark, pk, in_full=pk == own, wait=False), pk)
             if outcome == DEFERRED:
@@ -61,10 +62,14 @@ def follower(spec: StreamSpec):
                 continue
             for table in spec.gold:
                 gpk = gold_partition_of(spec, table, pk)
-                if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=False), gpk)) != PUBLISHED:
-                    continue
-                loaded = load_partition(spec, table, lake, warehouse, gpk, wait=False)
-                if loaded is not None:
-                    yield as_event(loaded, gpk)
+                if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=False), gpk)) == PUBLISHED:
+                    to_load.append((table, gpk))
+        if not to_load:
+            return
+        with warehouse.client():  # one session for the batch's loads (chDB opens once)
+            loaded = [(gpk, load_partition(spec, table, lake, warehouse, gpk, wait=False)) for table, gpk in to_load]
+        for gpk, result in loaded:
+            if result is not None:
+                yield as_event(result, gpk)
 
     return follow

@@ -6,6 +6,7 @@ chDB allows one process per database path at a time, so every open takes an excl
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,10 @@ from pydantic import Field
 from resources.faults import failpoint
 from resources.locks import exclusive_lock
 from resources.settings import load_settings
+
+
+_open = threading.local()  # where -> the client open in this thread (see WarehouseResource.client)
+_ensured: set[tuple[str, str]] = set()  # (where, DDL statement) run by this process
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -35,12 +40,30 @@ class WarehouseResource(dg.ConfigurableResource):
     def mode(self) -> str:
         return "server" if self.host else "chdb"
 
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}/{self.database}" if self.host else self.chdb_path
+
     @contextmanager
     def client(self, wait_s: float | None = None) -> Iterator:
         """A clickhouse-connect client. chDB admits one process at a time: its file lock is waited for (at most
-        `wait_s`, then LockBusy: a reader that must not queue behind a load, like a metrics scrape)."""
+        `wait_s`, then LockBusy: a reader that must not queue behind a load, like a metrics scrape). Inside
+        `with warehouse.client()`, nested calls reuse the open client (a micro-batch's loads open chDB once)."""
         import clickhouse_connect
 
+        current = getattr(_open, self._where, None)
+        if current is not None:
+            yield current
+            return
+        with self._connect(clickhouse_connect, wait_s) as client:
+            setattr(_open, self._where, client)
+            try:
+                yield client
+            finally:
+                delattr(_open, self._where)
+
+    @contextmanager
+    def _connect(self, clickhouse_connect, wait_s: float | None) -> Iterator:
         if self.host:
             client = clickhouse_connect.get_client(
                 host=self.host,
@@ -64,9 +87,15 @@ class WarehouseResource(dg.ConfigurableResource):
                 client.close()
 
     def ensure_tables(self, ddl: list[str]) -> None:
+        """Create what is missing. Statements already run by this process are not sent again (they are
+        CREATE ... IF NOT EXISTS; the platform never drops its tables)."""
+        todo = [stmt for stmt in ddl if (self._where, stmt) not in _ensured]
+        if not todo:
+            return
         with self.client() as c:
-            for stmt in ddl:
+            for stmt in todo:
                 c.command(stmt)
+                _ensured.add((self._where, stmt))
 
     def replace_partition(self, table: str, partition_id: str, data: pa.Table) -> int:
         """Swap one whole table partition for `data`, atomically: readers see the old or the new rows.
