@@ -19,10 +19,10 @@ from assets.history import (
 )  # fmt: skip
 from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, freshness_metadata, lake_metadata, sample_markdown
-from assets.silver_extension import bronze_since_silver, first_copies_in, published_state, quarantine_table, silver_table
+from assets.silver_extension import bronze_since_silver, remember_state, first_copies_in, published_state, quarantine_table, silver_table
 from assets.spec import SilverContext, SilverOutput, StreamSpec
 from assets.transforms.dedup import derive_silver
-from assets.transforms.increment import extend_silver
+from assets.transforms.increment import PublishedPartition, extend_silver
 from resources.faults import failpoint
 from resources.locks import LockBusy
 from resources.lake import LakeResource, LakeTable, bronze_table, source_app_id
@@ -124,6 +124,7 @@ class _Derived:
     bronze_files: set[str]  # the Bronze files read: they must still be live when it publishes
     newest_kafka_time: datetime | None
     engine: str = "polars"
+    state_after: tuple[str, PublishedPartition] | None = None  # (context hash, the partition's state once published)
 
 
 def _extend(context, spec: StreamSpec, lake: LakeResource, pk: str, silver_snapshot, quarantine_snapshot, bronze_version: int, context_rows, ctx) -> "_Derived | None":
@@ -134,13 +135,14 @@ def _extend(context, spec: StreamSpec, lake: LakeResource, pk: str, silver_snaps
         context.log.info(f"silver {pk}: not extended: {found}")
         return None
     failpoint("silver.after_context")  # Bronze and the history before read: what an erasure elsewhere races
+    context_hash = frame_hash(context_rows)
     if spec.history is not None:
         last = latest_observation(context.instance, spec, pk)
-        if last is None or last.get(CONTEXT_HASH) != frame_hash(context_rows):
+        if last is None or last.get(CONTEXT_HASH) != context_hash:
             context.log.info(f"silver {pk}: not extended: the history before it changed since it was published")
             return None
     start, end = window(spec.partitions, pk)
-    state = published_state(lake, spec, pk, silver_snapshot, context_rows, start)
+    state = published_state(lake, spec, pk, silver_snapshot, context_rows, context_hash, start)
     rows = apply_contract(found.rows, spec.row_contract)
     ext = extend_silver(spec, state, rows.passed, ctx, first_copies_in(lake, spec, pk, bronze_version))
     if ext.output is None:
@@ -150,7 +152,8 @@ def _extend(context, spec: StreamSpec, lake: LakeResource, pk: str, silver_snaps
     set_aside = _set_aside(spec, rows.failed, out.rejected)
     quarantine = _with_payloads(spec, set_aside, lambda frame: frame.join(found.payloads, on=["kafka_partition", "kafka_offset"], how="left", maintain_order="left"))
     handed_on = spec.history.carry(state.context, out.rows, end) if spec.history else None
-    return _Derived("extended", found.rows.height, rows, out, quarantine, handed_on, set(found.files), found.rows["kafka_timestamp"].max())
+    after = (context_hash, state.extended(spec, out.rows, start))
+    return _Derived("extended", found.rows.height, rows, out, quarantine, handed_on, set(found.files), found.rows["kafka_timestamp"].max(), state_after=after)
 
 
 def _derive_in_full(context, spec: StreamSpec, lake: LakeResource, spark: SparkEngine, pk: str, bronze_version: int | None, context_rows, ctx) -> _Derived:
@@ -243,6 +246,8 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
             {"partition": pk, "bronze_rows": d.source_rows, "quarantined": d.quarantine.height, "pipeline_version": PIPELINE_VERSION},
             snapshot=silver_snapshot, append=extended, transactions=holds,
         )  # fmt: skip
+        if d.state_after is not None:
+            remember_state(lake, spec, pk, version, *d.state_after)
     lineage = _hand_on_history(context, spec, lake, pk, context_pk, context_rows, d.handed_on) if spec.history else {}
     if not rows_changed:
         context.log.info(f"silver {pk}: re-derived rows equal the published ones; not republished, downstream need not run")

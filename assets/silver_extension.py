@@ -10,6 +10,7 @@ or rewritten since) is answered with the reason, and the partition is derived in
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -74,11 +75,44 @@ def bronze_since_silver(lake: LakeResource, spec: StreamSpec, partition_key: str
     return BronzeIncrement(held, [live[f] for f in files], rows.drop("payload"), rows.select("kafka_partition", "kafka_offset", "payload"))
 
 
-def published_state(lake: LakeResource, spec: StreamSpec, partition_key: str, silver: DeltaTable, context: pl.DataFrame | None, partition_start) -> PublishedPartition:
-    """The state of the published partition in snapshot `silver` (a narrow read of its rows)."""
+class PublishedStates:
+    """The states this process left partitions in, by (Silver table, partition): a stream run reads a
+    partition's published rows once, not once per micro-batch. A state is used only while the partition
+    holds exactly the data files it describes, and for the history before the partition it started from."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._states: OrderedDict[tuple[str, str], tuple[frozenset, str, PublishedPartition]] = OrderedDict()
+
+    def get(self, table_uri: str, partition_key: str, files: set[str], context_hash: str) -> PublishedPartition | None:
+        entry = self._states.get((table_uri, partition_key))
+        return entry[2] if entry is not None and entry[:2] == (frozenset(files), context_hash) else None
+
+    def put(self, table_uri: str, partition_key: str, files: set[str], context_hash: str, state: PublishedPartition) -> None:
+        self._states[(table_uri, partition_key)] = (frozenset(files), context_hash, state)
+        self._states.move_to_end((table_uri, partition_key))
+        while len(self._states) > self.size:
+            self._states.popitem(last=False)
+
+
+STATES = PublishedStates()
+
+
+def published_state(lake: LakeResource, spec: StreamSpec, partition_key: str, silver: DeltaTable, context: pl.DataFrame | None, context_hash: str, partition_start) -> PublishedPartition:
+    """The state of the published partition in snapshot `silver`: the one this process left it in, else a
+    narrow read of its rows."""
+    files = lake.partition_files(silver_table(spec), silver.version(), [partition_key])
+    cached = STATES.get(lake.table_uri(silver_table(spec)), partition_key, files, context_hash)
+    if cached is not None:
+        return cached
     cols = PublishedPartition.columns(spec)
     rows = lake.scan(silver_table(spec), silver).filter(pl.col(PARTITION_COLUMN) == partition_key).select(cols).collect()
     return PublishedPartition.of(spec, rows, context, partition_start)
+
+
+def remember_state(lake: LakeResource, spec: StreamSpec, partition_key: str, version: int, context_hash: str, state: PublishedPartition) -> None:
+    """What the partition holds as of Silver `version` (this process just published it)."""
+    STATES.put(lake.table_uri(silver_table(spec)), partition_key, lake.partition_files(silver_table(spec), version, [partition_key]), context_hash, state)
 
 
 def first_copies_in(lake: LakeResource, spec: StreamSpec, partition_key: str, bronze_version: int) -> FirstCopies:

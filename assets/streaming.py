@@ -5,6 +5,7 @@ assets' own runs report.
 The run's own partition (the open hour) is carried through whatever it takes. Other partitions (late data)
 are carried only if Silver can extend them; one that needs a full derivation, or that another process is
 deriving right now, is left to declarative automation, which sees its Bronze materialization like any other.
+Rollups over several Silver partitions (the daily table) are left to automation too.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def follower(spec: StreamSpec):
             if outcome != PUBLISHED:
                 continue
             for table in spec.gold:
+                if table.partitions != spec.partitions:
+                    # A rollup over many Silver partitions (the day) costs what the day holds: inline it would
+                    # stall the stream as the day fills. Automation follows it (at most once a minute).
+                    continue
                 gpk = gold_partition_of(spec, table, pk)
                 if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=False), gpk)) == PUBLISHED:
                     to_load.append((table, gpk))

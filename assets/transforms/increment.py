@@ -54,7 +54,9 @@ class PublishedPartition:
 
     def extended(self, spec: StreamSpec, rows: pl.DataFrame, partition_start: datetime) -> "PublishedPartition":
         """The state after `rows` were appended to the partition."""
-        keys = pl.concat([self.keys, rows.select(self.keys.columns).cast(self.keys.schema)])
+        keys = pl.concat([self.keys, rows.select(self.keys.columns).cast(self.keys.schema)], rechunk=False)
+        if keys.n_chunks() > 64:  # one chunk per micro-batch otherwise
+            keys = keys.rechunk()
         latest, context = self.latest, self.context
         if spec.history is not None:
             group = list(spec.history.group)
