@@ -167,12 +167,13 @@ def produce(producer, topic: str, cfg: SimulatorConfig, should_stop=lambda: Fals
     return stats
 
 
-def bulk_readings(n: int, seed: int = 7, sensors: int = 200, end: datetime | None = None, span_s: float | None = None):
+def bulk_readings(n: int, seed: int = 7, sensors: int = 200, end: datetime | None = None, span_s: float | None = None, first_id: int = 0):
     """`n` clean readings as columns, vectorized (numpy/polars): for benchmarks and large demos.
 
     Same fleet, noise and anomaly model as `generate`; no malformed messages, duplicates or late events.
     Each sensor reports once per second of event time unless `span_s` stretches the same events over longer.
-    Returns a polars DataFrame with the wire fields plus `key` and `payload` (JSON bytes).
+    Returns a polars DataFrame with the wire fields plus `key` and `payload` (JSON bytes). Event ids count
+    from `first_id` (calls that continue a stream pass the number of readings so far).
     """
     import numpy as np
     import polars as pl
@@ -198,7 +199,7 @@ def bulk_readings(n: int, seed: int = 7, sensors: int = 200, end: datetime | Non
     start_us = int((end.timestamp() - span) * 1_000_000)
     frame = pl.DataFrame(
         {
-            "event_id": pl.Series(idx).cast(pl.String),
+            "event_id": pl.Series(idx + first_id).cast(pl.String),
             "sensor_id": np.array([s.sensor_id for s in fleet_])[sensor_idx],
             "sensor_type": types,
             "location": np.array([s.location for s in fleet_])[sensor_idx],
