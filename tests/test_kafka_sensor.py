@@ -93,3 +93,19 @@ def test_broker_unreachable_skips_with_reason(spec, resources, instance):
     assert not tick.run_requests
     assert "Kafka unavailable" in tick.skip_message
     assert tick.cursor in (None, "unchanged")
+
+
+def test_stream_runs_keep_one_run_waiting_behind_the_running_one(spec, resources, instance, kafka, monkeypatch):
+    monkeypatch.setenv("MEDALLION_STREAM_FOR_S", "300")
+    defs = definitions(spec, resources)
+    assert not sensor_tick(defs, spec, instance).run_requests  # nothing to read, nothing running: no run
+    produce(kafka, spec.topic, [reading(1, TS)])
+    request = sensor_tick(defs, spec, instance).run_requests[0]
+    assert request.run_config["ops"][f"bronze_{spec.name}"]["config"]["stream_for_s"] == 300
+    assert run_ingest(defs, spec, instance).success  # (one pass: the test's own run)
+    assert "lag 0" in sensor_tick(defs, spec, instance).skip_message
+    # A stream run in flight: the next starts up behind it even with nothing waiting, so the topic is consumed
+    # without a gap when it hands over.
+    job = defs.resolve_job_def(f"ingest_{spec.name}")
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"medallion/stream": spec.name})
+    assert sensor_tick(defs, spec, instance).run_requests
