@@ -16,6 +16,7 @@ from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, lake_metadata, sample_markdown
 from assets.silver import derive_silver_rows
 from assets.spec import GoldTable, SilverContext, StreamSpec
+from assets.gold_windows import KEPT, KeptPartition, by_window, recompute
 from assets.silver import BLOCKED, DEFERRED, PUBLISHED
 from resources.faults import failpoint
 from resources.locks import LockBusy
@@ -65,14 +66,49 @@ class _Derived:
     rows: pl.DataFrame
     engine: str
     read_from: str
+    windows: dict | None = None  # the Silver rows of its newest windows, when a stream run keeps them
 
 
-def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str) -> _Derived:
+def _derive_windows(spec: StreamSpec, table: GoldTable, lake: LakeResource, pk: str, appended) -> "_Derived | None":
+    """The partition with only the windows `appended` falls in computed again (None if it cannot be)."""
+    if appended is None or appended.added is None or not (table.window and table.reads) or table.partitions != spec.partitions:
+        return None
+    gold_table = LakeTable("gold", spec.name, table.name)
+    kept = KEPT.get(lake.table_uri(gold_table), pk)
+    silver = LakeTable("silver", spec.name, "silver")
+    gold_snapshot = lake.open(gold_table)
+    silver_version = lake.version(silver)
+    silver_files = lake.partition_files(silver, silver_version, [pk])
+    if kept is None or silver_files != kept.silver_files | appended.added_files or not appended.added_files.isdisjoint(kept.silver_files):
+        return None
+    if gold_snapshot is None or lake.partition_files(gold_table, gold_snapshot.version(), [pk]) != kept.gold_files:
+        return None
+    done = recompute(table, kept, appended.added)
+    if done is None:
+        return None
+    rows, windows, touched = done
+    height = lake.partition_rows("silver", spec.name, "silver").get(pk, 0)
+    failpoint("gold.after_read")
+    return _Derived(silver, silver_version, silver_files, [pk], height, gold_snapshot, rows, "polars", f"{touched} windows recomputed from rows in memory", windows)
+
+
+def _keep(lake: LakeResource, spec: StreamSpec, table: GoldTable, pk: str, derived: "_Derived", version: int) -> None:
+    """Remember what was published, for the next micro-batch (stream runs only)."""
+    gold_table = LakeTable("gold", spec.name, table.name)
+    if derived.windows is None:
+        KEPT.drop(lake.table_uri(gold_table), pk)
+        return
+    gold_files = lake.partition_files(gold_table, version, [pk])
+    KEPT.put(lake.table_uri(gold_table), pk, KeptPartition(frozenset(derived.silver_files), frozenset(gold_files), derived.rows, derived.windows))
+
+
+def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str, keep: bool = False) -> _Derived:
     """Build one Gold partition from one Silver snapshot (recorded), on the engine its size calls for."""
     silver = LakeTable("silver", spec.name, "silver")
     gold_snapshot = lake.open(LakeTable("gold", spec.name, table.name))
     silver_version = lake.version(silver)
     source_keys = silver_keys_for(spec, table, pk)
+    windows = None
     silver_files = lake.partition_files(silver, silver_version, source_keys)
     counts = lake.partition_rows("silver", spec.name, "silver")
     silver_height = sum(counts.get(k, 0) for k in source_keys)  # from the log: only the engine that runs reads
@@ -86,8 +122,10 @@ def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: Spark
         source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version)
         silver_height = silver_rows.height
         rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
+        if keep and table.window and table.reads and table.partitions == spec.partitions:
+            windows = by_window(table, silver_rows)
     failpoint("gold.after_read")
-    return _Derived(silver, silver_version, silver_files, source_keys, silver_height, gold_snapshot, rows, engine, read_from)
+    return _Derived(silver, silver_version, silver_files, source_keys, silver_height, gold_snapshot, rows, engine, read_from, windows)
 
 
 def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
@@ -115,10 +153,11 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
     return gold
 
 
-def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str, *, wait: bool = True):
+def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str, *, wait: bool = True, appended=None):
     """Derive one Gold partition from one Silver snapshot and publish it if its contract passes. Yields its
     check result and materialization; returns PUBLISHED, BLOCKED, or DEFERRED (without `wait`, another
-    process holds it)."""
+    process holds it). `appended`: what this process just appended to the Silver partition (a stream run's
+    micro-batch, `assets.silver.Outcome`): then only the windows it falls in are computed again, if they can be."""
     key = keys.gold_key(spec, table)
     # Read Silver and publish under one lock, so an erasure (which rewrites Silver and re-derives this
     # partition under the same lock) is never overwritten by rows read before it.
@@ -128,7 +167,7 @@ def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResour
         except LockBusy:
             return DEFERRED
         for attempt in range(1, ATTEMPTS + 1):
-            derived = _derive(spec, table, lake, spark, pk)
+            derived = (_derive_windows(spec, table, lake, pk, appended) if attempt == 1 else None) or _derive(spec, table, lake, spark, pk, keep=appended is not None)
             verdict = apply_contract(derived.rows, table.contract)
             if not verdict.ok:
                 break
@@ -143,6 +182,7 @@ def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResour
                     {**gold_manifest(pk, derived.source_keys, derived.silver_height), "silver_version": derived.silver_version},
                     snapshot=derived.gold_snapshot,
                 )  # fmt: skip
+                _keep(lake, spec, table, pk, derived, version)
                 break
             except CommitConflict as exc:
                 if attempt == ATTEMPTS:

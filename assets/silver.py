@@ -78,14 +78,21 @@ def build_silver(spec: StreamSpec) -> dg.AssetsDefinition:
     return silver
 
 
-# What a derivation of one partition came to (the value a `silver_partition` generator returns).
+# What a derivation of one partition came to (the status of the Outcome a `silver_partition` generator returns).
 PUBLISHED, UNCHANGED, BLOCKED, DEFERRED = "published", "unchanged", "blocked", "deferred"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    added: pl.DataFrame | None = None  # the rows an extension appended (None: derived in full, or nothing published)
+    added_files: frozenset = frozenset()  # the Silver data files that append added (log paths)
 
 
 def silver_partition(context, spec: StreamSpec, config: SilverConfig, lake: LakeResource, spark: SparkEngine, pk: str, *, in_full: bool = True, wait: bool = True):
     """Derive one Silver partition: extend it by the Bronze rows it has not seen, else (`in_full`) derive it in
-    full. Yields its check result and materialization; returns PUBLISHED, UNCHANGED, BLOCKED (the contract
-    failed) or DEFERRED (it needs a full derivation and `in_full` is off, or, without `wait`, another
+    full. Yields its check result and materialization; returns an Outcome: PUBLISHED, UNCHANGED, BLOCKED (the
+    contract failed) or DEFERRED (it needs a full derivation and `in_full` is off, or, without `wait`, another
     process holds it)."""
     with contextlib.ExitStack() as held:
         if spec.history is not None:
@@ -93,7 +100,7 @@ def silver_partition(context, spec: StreamSpec, config: SilverConfig, lake: Lake
         try:
             held.enter_context(silver_lock(lake, spec, pk, wait_s=None if wait else 0))
         except LockBusy:
-            return DEFERRED
+            return Outcome(DEFERRED)
         # Snapshots first: Silver as it is now (a rewrite of this partition meanwhile, an erasure on another
         # machine, fails the publish), then Bronze, read once and recorded.
         silver_snapshot = lake.open(silver_table(spec))
@@ -106,7 +113,7 @@ def silver_partition(context, spec: StreamSpec, config: SilverConfig, lake: Lake
             derived = _extend(context, spec, lake, pk, silver_snapshot, quarantine_snapshot, bronze_version, context_rows, ctx)
         if derived is None:
             if not in_full:
-                return DEFERRED
+                return Outcome(DEFERRED)
             derived = _derive_in_full(context, spec, lake, spark, pk, bronze_version, context_rows, ctx)
         return (yield from _gate_and_publish(context, config, spec, lake, pk, derived, silver_snapshot, bronze_version, context_pk, context_rows))
 
@@ -233,7 +240,7 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
             f"({failure_rate:.2%} > {spec.max_failure_rate:.2%}) {counts}; the previous version keeps serving"
             + ("; the partition is derived in full until it passes again" if extended else "")
         )
-        return BLOCKED
+        return Outcome(BLOCKED)
     rows_changed = config.publish_unchanged or not _same_as_published(lake, spec, pk, d.out.rows)
     version = None
     if rows_changed and not d.bronze_files <= lake.partition_files(bronze_table(spec.name), None, [pk]):
@@ -247,11 +254,16 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
             snapshot=silver_snapshot, append=extended, transactions=holds,
         )  # fmt: skip
         if d.state_after is not None:
-            remember_state(lake, spec, pk, version, *d.state_after)
+            before = lake.partition_files(silver_table(spec), silver_snapshot.version(), [pk]) if silver_snapshot is not None else set()
+            after = lake.partition_files(silver_table(spec), version, [pk])
+            remember_state(lake, spec, pk, after, *d.state_after)
+            outcome = Outcome(PUBLISHED, d.out.rows, frozenset(after - before))
+        else:
+            outcome = Outcome(PUBLISHED)
     lineage = _hand_on_history(context, spec, lake, pk, context_pk, context_rows, d.handed_on) if spec.history else {}
     if not rows_changed:
         context.log.info(f"silver {pk}: re-derived rows equal the published ones; not republished, downstream need not run")
-        return UNCHANGED
+        return Outcome(UNCHANGED)
     published_rows = lake.partition_rows_of(lake.open(silver_table(spec), version)).get(pk, 0)
     yield dg.MaterializeResult(
         asset_key=key,
@@ -270,7 +282,7 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
             **lineage,
         },
     )
-    return PUBLISHED
+    return outcome
 
 
 def _same_as_published(lake: LakeResource, spec: StreamSpec, pk: str, rows: pl.DataFrame) -> bool:

@@ -110,9 +110,9 @@ def published_state(lake: LakeResource, spec: StreamSpec, partition_key: str, si
     return PublishedPartition.of(spec, rows, context, partition_start)
 
 
-def remember_state(lake: LakeResource, spec: StreamSpec, partition_key: str, version: int, context_hash: str, state: PublishedPartition) -> None:
-    """What the partition holds as of Silver `version` (this process just published it)."""
-    STATES.put(lake.table_uri(silver_table(spec)), partition_key, lake.partition_files(silver_table(spec), version, [partition_key]), context_hash, state)
+def remember_state(lake: LakeResource, spec: StreamSpec, partition_key: str, files: set[str], context_hash: str, state: PublishedPartition) -> None:
+    """What the partition holds now that it is made of `files` (this process just published it)."""
+    STATES.put(lake.table_uri(silver_table(spec)), partition_key, files, context_hash, state)
 
 
 def first_copies_in(lake: LakeResource, spec: StreamSpec, partition_key: str, bronze_version: int) -> FirstCopies:

@@ -38,6 +38,11 @@ class GoldTable:
     ttl: str | None = None  # ClickHouse TTL expression, e.g. "day + INTERVAL 400 DAY"
     # Shown in the UI (Gold and its warehouse table): FAIL when not updated for 15 minutes, WARN after 5.
     freshness: dg.FreshnessPolicy | None = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=15), warn_window=timedelta(minutes=5))
+    # The time windows its rows aggregate (a polars duration: "5m", "1h"; `time_column` holds each window's
+    # start) and the Silver columns `build` reads. With both, a stream run recomputes only the windows a
+    # micro-batch falls in, from Silver rows it keeps in memory (`assets/gold_windows.py`).
+    window: str | None = None
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

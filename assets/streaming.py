@@ -57,9 +57,9 @@ def follower(spec: StreamSpec):
         to_load: list[tuple[GoldTable, str]] = []
         for pk in touched:
             outcome = yield from _relay(silver_partition(context, spec, SilverConfig(), lake, spark, pk, in_full=pk == own, wait=False), pk)
-            if outcome == DEFERRED:
+            if outcome.status == DEFERRED:
                 context.log.info(f"silver {pk}: left to automation (it needs a full derivation, or another run is deriving it)")
-            if outcome != PUBLISHED:
+            if outcome.status != PUBLISHED:
                 continue
             for table in spec.gold:
                 if table.partitions != spec.partitions:
@@ -67,7 +67,7 @@ def follower(spec: StreamSpec):
                     # stall the stream as the day fills. Automation follows it (at most once a minute).
                     continue
                 gpk = gold_partition_of(spec, table, pk)
-                if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=False), gpk)) == PUBLISHED:
+                if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=False, appended=outcome), gpk)) == PUBLISHED:
                     to_load.append((table, gpk))
         if not to_load:
             return

@@ -64,6 +64,8 @@ IOT = StreamSpec(
                 anomaly_count Int64 CODEC(T64, ZSTD),
                 health_pct Float64 CODEC(Gorilla, ZSTD)""",
             order_by="(sensor_id, window_start)",
+            window="5m",
+            reads=transforms.GOLD_READS,
             ttl="toDateTime(window_start) + INTERVAL 90 DAY",  # the finest grain; hourly and daily tables keep history
         ),
         GoldTable(
@@ -89,6 +91,8 @@ IOT = StreamSpec(
                 anomaly_count Int64,
                 distinct_sensors Int64""",
             order_by="(location, sensor_type, hour_start)",
+            window="1h",
+            reads=transforms.GOLD_READS,
         ),
         GoldTable(
             name="type_daily",

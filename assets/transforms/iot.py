@@ -113,6 +113,9 @@ def silver(valid: pl.DataFrame, context: pl.DataFrame | None, ctx: SilverContext
     return SilverOutput(rows=out, rejected=rejected, duplicates_dropped=dup_sensor_time)
 
 
+GOLD_READS = ("sensor_id", "sensor_type", "location", "event_time", "value", "is_anomaly")  # the Silver columns Gold aggregates
+
+
 def _stats(with_percentiles: bool) -> list[pl.Expr]:
     v = pl.col("value")
     exprs = [
