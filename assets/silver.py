@@ -87,6 +87,7 @@ class Outcome:
     status: str
     added: pl.DataFrame | None = None  # the rows an extension appended (None: derived in full, or nothing published)
     added_files: frozenset = frozenset()  # the Silver data files that append added (log paths)
+    newest_kafka_time: datetime | None = None  # of the records it published
 
 
 def silver_partition(context, spec: StreamSpec, config: SilverConfig, lake: LakeResource, spark: SparkEngine, pk: str, *, in_full: bool = True, wait: bool = True):
@@ -257,9 +258,9 @@ def _gate_and_publish(context, config: SilverConfig, spec: StreamSpec, lake: Lak
             before = lake.partition_files(silver_table(spec), silver_snapshot.version(), [pk]) if silver_snapshot is not None else set()
             after = lake.partition_files(silver_table(spec), version, [pk])
             remember_state(lake, spec, pk, after, *d.state_after)
-            outcome = Outcome(PUBLISHED, d.out.rows, frozenset(after - before))
+            outcome = Outcome(PUBLISHED, d.out.rows, frozenset(after - before), d.newest_kafka_time)
         else:
-            outcome = Outcome(PUBLISHED)
+            outcome = Outcome(PUBLISHED, newest_kafka_time=d.newest_kafka_time)
     lineage = _hand_on_history(context, spec, lake, pk, context_pk, context_rows, d.handed_on) if spec.history else {}
     if not rows_changed:
         context.log.info(f"silver {pk}: re-derived rows equal the published ones; not republished, downstream need not run")

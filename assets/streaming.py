@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from assets.gold import gold_partition
+from assets.promotion import freshness_metadata
 from assets.silver import DEFERRED, PUBLISHED, SilverConfig, silver_partition
 from assets.spec import GoldTable, StreamSpec
 from assets.warehouse import load_partition
@@ -55,12 +56,15 @@ def follower(spec: StreamSpec):
 
     def follow(context, lake, warehouse, spark, touched: list[str], own: str) -> Iterator:
         to_load: list[tuple[GoldTable, str]] = []
+        newest = None  # the newest Kafka timestamp carried to the warehouse
         for pk in touched:
             outcome = yield from _relay(silver_partition(context, spec, SilverConfig(), lake, spark, pk, in_full=pk == own, wait=False), pk)
             if outcome.status == DEFERRED:
                 context.log.info(f"silver {pk}: left to automation (it needs a full derivation, or another run is deriving it)")
             if outcome.status != PUBLISHED:
                 continue
+            if outcome.newest_kafka_time is not None:
+                newest = max(newest or outcome.newest_kafka_time, outcome.newest_kafka_time)
             for table in spec.gold:
                 if table.partitions != spec.partitions:
                     # A rollup over many Silver partitions (the day) costs what the day holds: inline it would
@@ -75,6 +79,7 @@ def follower(spec: StreamSpec):
             loaded = [(gpk, load_partition(spec, table, lake, warehouse, gpk, wait=False)) for table, gpk in to_load]
         for gpk, result in loaded:
             if result is not None:
-                yield as_event(result, gpk)
+                # Kafka -> visible in ClickHouse, for the newest record of the batch.
+                yield as_event(dg.MaterializeResult(asset_key=result.asset_key, metadata={**result.metadata, **freshness_metadata(newest)}), gpk)
 
     return follow
