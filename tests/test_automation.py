@@ -46,3 +46,42 @@ def test_failed_blocking_check_stops_gold(spec, resources, instance, kafka):
     after = evaluate(defs, instance, cursor)
     assert not after.get_requested_partitions(A("gold_iot_sensor_5m"))
     assert not after.get_requested_partitions(A("gold_iot_type_daily"))
+
+
+def test_older_partitions_follow_in_waves_of_the_late_data_cron(instance):
+    """Late data reaches old partitions with nearly every micro-batch: they are asked for at most once per
+    tick of the cron, taking their changes together."""
+    from datetime import timedelta
+
+    from assets.automation import follow_parents
+    from assets.partitions import HOURLY
+
+    @dg.asset(partitions_def=HOURLY)
+    def up():
+        pass
+
+    @dg.asset(partitions_def=HOURLY, deps=[up], automation_condition=follow_parents("*/2 * * * *"))
+    def down():
+        pass
+
+    defs, pk = dg.Definitions(assets=[up, down]), "2026-11-19-03:00"
+    t0 = datetime(2026, 12, 1, 10, 0, 30, tzinfo=timezone.utc)
+
+    def at(seconds, cursor):
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor, evaluation_time=t0 + timedelta(seconds=seconds))
+
+    def update(key):
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=pk))
+
+    cursor = at(0, None).cursor
+    update("up")
+    before_tick = at(10, cursor)
+    assert not before_tick.get_requested_partitions(A("down"))  # waits for the 10:02 tick
+    wave = at(95, before_tick.cursor)
+    assert wave.get_requested_partitions(A("down")) == {pk}
+    update("down")
+    done = at(97, wave.cursor)
+    update("up")  # more late data right after the wave
+    quiet = at(100, done.cursor)
+    assert not quiet.get_requested_partitions(A("down"))
+    assert at(215, quiet.cursor).get_requested_partitions(A("down")) == {pk}  # the 10:04 tick
