@@ -1,6 +1,7 @@
 """A child process that runs one platform job against a shared instance, so a failpoint can SIGKILL it.
 
 python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> ingest
+python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> stream <partition> <seconds>
 python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> assets <key,key> <partition>
 python -m tests.fault_child <topic> <lake_root> <chdb_path> <bootstrap> backfill <start> <end>
 """
@@ -35,6 +36,12 @@ def main(argv: list[str]) -> int:
             result = defs.resolve_job_def(f"ingest_{spec.name}").execute_in_process(
                 instance=instance, tags={"medallion/stream": spec.name, **owner_tags()}, raise_on_error=False,
                 partition_key=spec.partitions.get_last_partition_key(),
+            )
+        elif what == "stream":
+            pk, seconds = rest
+            result = defs.resolve_job_def(f"ingest_{spec.name}").execute_in_process(
+                instance=instance, tags={"medallion/stream": spec.name, **owner_tags()}, raise_on_error=False, partition_key=pk,
+                run_config={"ops": {f"bronze_{spec.name}": {"config": {"stream_for_s": float(seconds)}}}},
             )
         elif what == "backfill":
             start, end = rest

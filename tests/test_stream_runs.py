@@ -96,3 +96,46 @@ def test_a_stream_run_makes_each_micro_batch_visible_while_it_runs(spec, resourc
         read_by = [r.asset_materialization.metadata["silver_read_by"].value for r in instance.fetch_materializations(dg.AssetKey(f"gold_iot_{table.name}"), limit=50).records]
         assert any("windows recomputed from rows in memory" in r for r in read_by), read_by
     assert lake.read_dead_letter(spec.name).filter(pl.col("payload") == "not json").height == 1
+
+
+def test_a_stream_run_killed_between_its_quarantine_and_silver_commits_is_repaired(spec, resources, broker, shared_instance, kafka):
+    """SIGKILL after a micro-batch's quarantine commit, before its Silver commit: the next run finds the two
+    holding different Bronze versions, derives the hour in full, and nothing is lost or doubled."""
+    import signal
+
+    from assets.contracts.gate import apply_contract
+    from assets.spec import SilverContext
+    from assets.transforms.dedup import derive_silver
+    from tests.conftest import run_child
+
+    instance, lake, warehouse = shared_instance, resources["lake"], resources["warehouse"]
+    defs = definitions(spec, resources)
+    hour, pk = datetime(2026, 11, 20, 9, tzinfo=timezone.utc), "2026-11-20-09:00"
+    job = defs.resolve_job_def(f"ingest_{spec.name}")
+    config = {"ops": {f"bronze_{spec.name}": {"config": {"stream_for_s": 5}}}}
+
+    produce(kafka, spec.topic, [reading(i, hour + timedelta(seconds=i), sensor=i % 4) for i in range(100)])
+    assert job.execute_in_process(run_config=config, instance=instance, partition_key=pk, tags={"medallion/stream": spec.name}).success
+    batch = [reading(i, hour + timedelta(seconds=i), sensor=i % 4) for i in range(100, 200)]
+    batch += [reading(900, hour + timedelta(seconds=300), value=900.0), reading(5, hour + timedelta(seconds=5), sensor=1, value=30.0)]
+    produce(kafka, spec.topic, batch)
+    crashed = run_child(spec, resources, broker, "stream", pk, "5", failpoint="publish.silver.before_replace")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert lake.read("quarantine", spec.name, "silver", [pk]).height == 2  # committed; Silver was not
+    assert lake.read("silver", spec.name, "silver", [pk]).height == 100
+
+    # Its process is gone and nothing is left to read: the platform's sensors and automation (as the daemon
+    # runs them) find the dead run and the partition Silver is behind on.
+    from medallion.driver import drive
+
+    assert not drive(defs, instance, (spec,), timeout_s=300).failed_runs
+    [latest] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("silver_iot"), asset_partitions=[pk]), limit=1).records
+    assert latest.asset_materialization.metadata["mode"].value == "re-derived"
+    bronze = lake.read_bronze(spec.name, pk)
+    assert bronze.height == 202 and ingest_totals(lake, spec)["consumed"] == 202
+    expected = derive_silver(spec, apply_contract(bronze, spec.row_contract).passed, None, SilverContext(pk, datetime.now(timezone.utc), "x"))
+    silver = lake.read("silver", spec.name, "silver", [pk]).sort("source_partition", "source_offset")
+    assert silver["event_id"].to_list() == expected.rows.sort("source_partition", "source_offset")["event_id"].to_list()
+    quarantine = lake.read("quarantine", spec.name, "silver", [pk])
+    assert sorted(quarantine["check"].to_list()) == ["event_id_unique_content", "value_within_physical_range"]
+    assert _visible(warehouse) == 200
