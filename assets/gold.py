@@ -74,7 +74,7 @@ def _derive_windows(spec: StreamSpec, table: GoldTable, lake: LakeResource, pk: 
     if appended is None or appended.added is None or not (table.window and table.reads) or table.partitions != spec.partitions:
         return None
     gold_table = LakeTable("gold", spec.name, table.name)
-    kept = KEPT.get(lake.table_uri(gold_table), pk)
+    kept = KEPT.get((lake.table_uri(gold_table), pk))
     silver = LakeTable("silver", spec.name, "silver")
     gold_snapshot = lake.open(gold_table)
     silver_version = lake.version(silver)
@@ -96,10 +96,10 @@ def _keep(lake: LakeResource, spec: StreamSpec, table: GoldTable, pk: str, deriv
     """Remember what was published, for the next micro-batch (stream runs only)."""
     gold_table = LakeTable("gold", spec.name, table.name)
     if derived.windows is None:
-        KEPT.drop(lake.table_uri(gold_table), pk)
+        KEPT.drop((lake.table_uri(gold_table), pk))
         return
     gold_files = lake.partition_files(gold_table, version, [pk])
-    KEPT.put(lake.table_uri(gold_table), pk, KeptPartition(frozenset(derived.silver_files), frozenset(gold_files), derived.rows, derived.windows))
+    KEPT.put((lake.table_uri(gold_table), pk), KeptPartition(frozenset(derived.silver_files), frozenset(gold_files), derived.rows, derived.windows))
 
 
 def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str, keep: bool = False) -> _Derived:

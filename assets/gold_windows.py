@@ -10,12 +10,12 @@ ones the batch's append added, Gold is untouched since, and every window the bat
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
 import polars as pl
 
+from assets.recent import Recent
 from assets.spec import GoldTable
 
 KEEP_WINDOWS = 2  # the newest windows whose Silver rows are kept: where a stream's new rows fall
@@ -29,25 +29,7 @@ class KeptPartition:
     windows: dict[datetime, pl.DataFrame]  # window start -> its Silver rows (`table.reads`)
 
 
-class KeptPartitions:
-    def __init__(self, size: int = 8):
-        self.size = size
-        self._kept: OrderedDict[tuple[str, str], KeptPartition] = OrderedDict()
-
-    def get(self, table_uri: str, partition_key: str) -> KeptPartition | None:
-        return self._kept.get((table_uri, partition_key))
-
-    def put(self, table_uri: str, partition_key: str, kept: KeptPartition) -> None:
-        self._kept[(table_uri, partition_key)] = kept
-        self._kept.move_to_end((table_uri, partition_key))
-        while len(self._kept) > self.size:
-            self._kept.popitem(last=False)
-
-    def drop(self, table_uri: str, partition_key: str) -> None:
-        self._kept.pop((table_uri, partition_key), None)
-
-
-KEPT = KeptPartitions()
+KEPT = Recent(size=8)  # (Gold table uri, partition) -> KeptPartition
 
 
 def by_window(table: GoldTable, silver_rows: pl.DataFrame, keep: int = KEEP_WINDOWS) -> dict[datetime, pl.DataFrame]:

@@ -10,7 +10,6 @@ or rewritten since) is answered with the reason, and the partition is derived in
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -18,6 +17,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from assets.bronze import INGEST
+from assets.recent import Recent
 from assets.spec import StreamSpec
 from assets.transforms.increment import FirstCopies, PublishedPartition
 from resources.lake import PARTITION_COLUMN, LakeResource, LakeTable, bronze_table, source_app_id
@@ -75,36 +75,18 @@ def bronze_since_silver(lake: LakeResource, spec: StreamSpec, partition_key: str
     return BronzeIncrement(held, [live[f] for f in files], rows.drop("payload"), rows.select("kafka_partition", "kafka_offset", "payload"))
 
 
-class PublishedStates:
-    """The states this process left partitions in, by (Silver table, partition): a stream run reads a
-    partition's published rows once, not once per micro-batch. A state is used only while the partition
-    holds exactly the data files it describes, and for the history before the partition it started from."""
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self._states: OrderedDict[tuple[str, str], tuple[frozenset, str, PublishedPartition]] = OrderedDict()
-
-    def get(self, table_uri: str, partition_key: str, files: set[str], context_hash: str) -> PublishedPartition | None:
-        entry = self._states.get((table_uri, partition_key))
-        return entry[2] if entry is not None and entry[:2] == (frozenset(files), context_hash) else None
-
-    def put(self, table_uri: str, partition_key: str, files: set[str], context_hash: str, state: PublishedPartition) -> None:
-        self._states[(table_uri, partition_key)] = (frozenset(files), context_hash, state)
-        self._states.move_to_end((table_uri, partition_key))
-        while len(self._states) > self.size:
-            self._states.popitem(last=False)
-
-
-STATES = PublishedStates()
+# (Silver table uri, partition) -> (its data files, the hash of the history before it, its state): used only
+# while the partition holds exactly those files and starts from that history.
+STATES = Recent(size=4)
 
 
 def published_state(lake: LakeResource, spec: StreamSpec, partition_key: str, silver: DeltaTable, context: pl.DataFrame | None, context_hash: str, partition_start) -> PublishedPartition:
     """The state of the published partition in snapshot `silver`: the one this process left it in, else a
     narrow read of its rows."""
     files = lake.partition_files(silver_table(spec), silver.version(), [partition_key])
-    cached = STATES.get(lake.table_uri(silver_table(spec)), partition_key, files, context_hash)
-    if cached is not None:
-        return cached
+    cached = STATES.get((lake.table_uri(silver_table(spec)), partition_key))
+    if cached is not None and cached[:2] == (frozenset(files), context_hash):
+        return cached[2]
     cols = PublishedPartition.columns(spec)
     rows = lake.scan(silver_table(spec), silver).filter(pl.col(PARTITION_COLUMN) == partition_key).select(cols).collect()
     return PublishedPartition.of(spec, rows, context, partition_start)
@@ -112,7 +94,7 @@ def published_state(lake: LakeResource, spec: StreamSpec, partition_key: str, si
 
 def remember_state(lake: LakeResource, spec: StreamSpec, partition_key: str, files: set[str], context_hash: str, state: PublishedPartition) -> None:
     """What the partition holds now that it is made of `files` (this process just published it)."""
-    STATES.put(lake.table_uri(silver_table(spec)), partition_key, files, context_hash, state)
+    STATES.put((lake.table_uri(silver_table(spec)), partition_key), (frozenset(files), context_hash, state))
 
 
 def first_copies_in(lake: LakeResource, spec: StreamSpec, partition_key: str, bronze_version: int) -> FirstCopies:
