@@ -12,6 +12,8 @@ BENCHES = [
     ["warehouse_load.py", "--rows", "2000000"],
     ["backfill.py", "--days", "7", "--events-per-partition", "100000"],
     ["freshness.py", "--rate", "1000", "--duration", "600"],
+    ["micro_batch.py"],
+    ["dev.py", "--minutes", "10"],
 ]
 
 
