@@ -17,6 +17,10 @@ from tests.dev_server import DevServer
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 RATE = 30  # events/s per stream
+# As `make dev` runs: stream runs (short ones, so that the platform settles after the restart) and late data
+# taken in waves. One-pass runs with late partitions followed at once (the other tests) start several runs a
+# second, and on two cores the rollup then waits in the queue behind them.
+DEV_SETTINGS = {"MEDALLION_STREAM_FOR_S": "20", "MEDALLION_LATE_DATA_CRON": "*/2 * * * *"}
 
 
 def materialization_times(instance, key: str) -> list[float]:
@@ -28,7 +32,7 @@ def materialization_times(instance, key: str) -> list[float]:
 @pytest.mark.timeout(900)
 def test_daemon_follows_the_daily_rollup_and_recovers_runs_killed_with_it(medallion_home, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(medallion_home / "dagster"))
-    dev = DevServer(medallion_home, rate=RATE)
+    dev = DevServer(medallion_home, rate=RATE, env=DEV_SETTINGS)
     try:
         dev.wait_ready()
         began = time.time()
@@ -55,7 +59,7 @@ def test_daemon_follows_the_daily_rollup_and_recovers_runs_killed_with_it(medall
             print(f"stuck: {[r.status.value for r in stuck]}")
 
             # 3. Started again (no simulator): the dead runs are found at once, and the work completes.
-            dev = DevServer(medallion_home, rate=0)
+            dev = DevServer(medallion_home, rate=0, env=DEV_SETTINGS)
             dev.wait_ready()
             up = time.monotonic()
 
