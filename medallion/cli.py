@@ -57,6 +57,10 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 def _run_pipeline(args, simulate: bool) -> int:
+    # A headless pass ends once nothing is requested, so late data in older partitions is taken at once, not
+    # on the next tick of the daemon's late-data cron (assets/automation.py reads it when first imported).
+    assert "assets.automation" not in sys.modules
+    os.environ["MEDALLION_LATE_DATA_CRON"] = ""
     from dagster import DagsterInstance
 
     from assets.streams import STREAMS

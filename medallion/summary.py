@@ -51,7 +51,10 @@ def stream_summary(spec: StreamSpec, lake: LakeResource, warehouse: WarehouseRes
         for ck in check_keys:
             results = latest_check_results(instance, ck)
             checks[ck.to_user_string()] = bool(results) and all(results.values())
-    reconciled = consumed == bronze_rows + dead + erased and gold == wh and (backlog in (None, 0))
+    # A Bronze partition neither Silver nor quarantine has anything of was never derived (late data waiting).
+    derived = set(lake.published_keys("silver", spec.name, "silver")) | set(lake.published_keys("quarantine", spec.name, "silver"))
+    underived = sorted(set(lake.bronze_partition_keys(spec.name)) - derived)
+    reconciled = consumed == bronze_rows + dead + erased and gold == wh and (backlog in (None, 0)) and not underived
     return {
         "consumed": consumed,
         "bronze_rows": bronze_rows,
@@ -60,6 +63,7 @@ def stream_summary(spec: StreamSpec, lake: LakeResource, warehouse: WarehouseRes
         "unconsumed_backlog": backlog,
         "silver_rows": lake.count_rows("silver", spec.name, "silver"),
         "quarantined_rows": lake.count_rows("quarantine", spec.name, "silver"),
+        "underived_partitions": underived,
         "gold_rows": gold,
         "warehouse_rows": wh,
         "checks": checks,
