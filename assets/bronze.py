@@ -85,7 +85,7 @@ def build_bronze(spec: StreamSpec, follow=None) -> dg.AssetsDefinition:
     run); records land in whichever event-time partitions they belong to, and every other partition touched
     gets its own materialization event, so automation re-derives late hours too.
 
-    `follow(context, lake, warehouse, spark, touched partitions, own partition)`: what a stream run does
+    `follow(context, lake, warehouse, spark, touched partitions, in_full={own partition})`: what a stream run does
     with each micro-batch after committing it (yields the events of the layers it materializes).
     """
     rules = bronze_rules(spec)
@@ -115,7 +115,7 @@ def build_bronze(spec: StreamSpec, follow=None) -> dg.AssetsDefinition:
             pending = unannounced_commits(context.instance, spec, lake, context.run_id)
             failpoint("ingest.after_recover")
             if config.stream_for_s > 0 and follow is not None:
-                yield from _stream(context, spec, rules, pk_expr, config, kafka, lake, pending, lambda touched: follow(context, lake, warehouse, spark, touched, own))
+                yield from _stream(context, spec, rules, pk_expr, config, kafka, lake, pending, lambda touched: follow(context, lake, warehouse, spark, touched, in_full={own}))
                 return
             parts = kafka.partitions(spec.topic)
             snapshot = IngestSnapshot.load(lake, spec, parts)
@@ -138,6 +138,7 @@ def build_bronze(spec: StreamSpec, follow=None) -> dg.AssetsDefinition:
 CONTINUITY_CHECK_EVERY_S = 30.0  # a stream run checks that the topic still holds what Bronze committed
 GROUP_OFFSETS_EVERY_S = 10.0  # and mirrors its offsets to the consumer group for lag tooling
 IDLE_POLL_S = 0.1  # at the end of the log, wait this long before looking again
+IDLE_SNAPSHOT_S = 5.0  # and read Bronze's state again at least this often
 
 
 def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: IngestConfig, kafka: KafkaResource, lake: LakeResource, pending: list, follow):
@@ -150,8 +151,12 @@ def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: Inge
     checked_at = reported_at = float("-inf")
     batches = records = 0
     unreported: list[BronzeCommit] = []
+    snapshot, loaded_at = None, float("-inf")
     while True:
-        snapshot = IngestSnapshot.load(lake, spec, parts)
+        # At the end of the log nothing changed it (this run holds the ingest lock, and so does an erasure):
+        # an idle pass reuses the snapshot for a while instead of reading Bronze's log ten times a second.
+        if snapshot is None or time.monotonic() - loaded_at >= IDLE_SNAPSHOT_S:
+            snapshot, loaded_at = IngestSnapshot.load(lake, spec, parts), time.monotonic()
         if time.monotonic() - checked_at >= CONTINUITY_CHECK_EVERY_S:
             try:
                 verify_log_continuity(kafka, spec.topic, snapshot.first_records)
@@ -159,6 +164,8 @@ def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: Inge
                 raise dg.Failure(description=str(exc), allow_retries=False) from exc
             checked_at = time.monotonic()
         committed = _ingest(context, spec, rules, pk_expr, kafka, lake, snapshot, config.max_records, quiet=True)
+        if committed is not None:
+            snapshot = None
         commits = pending + ([committed] if committed is not None else [])
         pending = []
         if commits:

@@ -8,6 +8,7 @@ import dagster as dg
 
 from assets import keys
 from assets.bronze import build_bronze, topic_asset
+from assets.catch_up import build_catch_up_job
 from assets.gold import build_gold
 from assets.silver import build_silver
 from assets.spec import StreamSpec
@@ -20,6 +21,7 @@ class StreamDefinitions:
     spec: StreamSpec
     assets: list
     ingest_job: dg.UnresolvedAssetJobDefinition
+    catch_up_job: dg.JobDefinition
 
 
 def build_stream(spec: StreamSpec) -> StreamDefinitions:
@@ -39,7 +41,7 @@ def build_stream(spec: StreamSpec) -> StreamDefinitions:
         description=f"Kafka `{spec.topic}` -> Bronze (+ dead-letter) from the committed offsets to the end of the log, "
         "then Silver, Gold and the warehouse for the run's partition.",
     )
-    return StreamDefinitions(spec=spec, assets=assets, ingest_job=ingest_job)
+    return StreamDefinitions(spec=spec, assets=assets, ingest_job=ingest_job, catch_up_job=build_catch_up_job(spec))
 
 
 def rederive_jobs(streams: tuple[StreamSpec, ...]) -> dict[str, dg.UnresolvedAssetJobDefinition]:

@@ -10,7 +10,8 @@ Rollups over several Silver partitions (the daily table) are left to automation 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Collection, Iterator
 
 import dagster as dg
 
@@ -18,7 +19,7 @@ from assets.gold import gold_partition
 from assets.promotion import freshness_metadata
 from assets.silver import DEFERRED, PUBLISHED, SilverConfig, silver_partition
 from assets.spec import GoldTable, StreamSpec
-from assets.warehouse import load_partition
+from assets.warehouse import day_gold_keys, load_partition
 
 
 def as_event(result, partition: str):
@@ -51,35 +52,58 @@ def gold_partition_of(spec: StreamSpec, table: GoldTable, silver_partition_key: 
     return table.partitions.get_partition_key_for_timestamp(start.timestamp())
 
 
+def carry_to_gold(context, spec: StreamSpec, lake, spark, touched: list[str], in_full: Collection[str], *, wait: bool = False):
+    """Carry `touched` (oldest first: each partition's history is the one before it) through Silver and
+    same-grain Gold; those in `in_full` are derived in full if they cannot be extended. Without `wait`, a
+    partition another process is deriving is left to automation. Yields their events; returns the Gold
+    partitions published ((table, key), ...) and the newest Kafka timestamp they carry."""
+    published: list[tuple[GoldTable, str]] = []
+    newest = None
+    for pk in touched:
+        outcome = yield from _relay(silver_partition(context, spec, SilverConfig(), lake, spark, pk, in_full=pk in in_full, wait=wait), pk)
+        if outcome.status == DEFERRED:
+            context.log.info(f"silver {pk}: left to automation (it needs a full derivation, or another run is deriving it)")
+        if outcome.status != PUBLISHED:
+            continue
+        if outcome.newest_kafka_time is not None:
+            newest = max(newest or outcome.newest_kafka_time, outcome.newest_kafka_time)
+        for table in spec.gold:
+            if table.partitions != spec.partitions:
+                # A rollup over many Silver partitions (the day) costs what the day holds: inline it would
+                # stall the stream as the day fills. Automation follows it (at most once a minute).
+                continue
+            gpk = gold_partition_of(spec, table, pk)
+            if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=wait, appended=outcome), gpk)) == PUBLISHED:
+                published.append((table, gpk))
+    return published, newest
+
+
+def load_days(spec: StreamSpec, lake, warehouse, published: list[tuple[GoldTable, str]], newest, *, wait: bool = False) -> Iterator:
+    """Load the warehouse days of published Gold partitions, each day once (a load swaps the whole day), and
+    report a load of each partition; without `wait`, one whose day another process is loading is left to
+    automation."""
+    days: dict[tuple[str, str], list[tuple[GoldTable, str]]] = {}
+    for table, gpk in published:
+        days.setdefault((table.name, day_gold_keys(table, gpk)[0]), []).append((table, gpk))
+    if not days:
+        return
+    # One session for all the loads (chDB opens once), unless they wait for day locks: a load takes its day's
+    # lock before the warehouse, and holding the warehouse while waiting would invert that order.
+    with contextlib.nullcontext() if wait else warehouse.client():
+        loaded = [(group, load_partition(spec, group[0][0], lake, warehouse, group[0][1], wait=wait)) for group in days.values()]
+    for group, result in loaded:
+        if result is None:
+            continue
+        for _, gpk in dict.fromkeys(group):
+            # Kafka -> visible in ClickHouse, for the newest record carried.
+            yield as_event(dg.MaterializeResult(asset_key=result.asset_key, metadata={**result.metadata, **freshness_metadata(newest)}), gpk)
+
+
 def follower(spec: StreamSpec):
     """`follow` for `build_bronze(spec, follow)`: carries the partitions a micro-batch touched downstream."""
 
-    def follow(context, lake, warehouse, spark, touched: list[str], own: str) -> Iterator:
-        to_load: list[tuple[GoldTable, str]] = []
-        newest = None  # the newest Kafka timestamp carried to the warehouse
-        for pk in touched:
-            outcome = yield from _relay(silver_partition(context, spec, SilverConfig(), lake, spark, pk, in_full=pk == own, wait=False), pk)
-            if outcome.status == DEFERRED:
-                context.log.info(f"silver {pk}: left to automation (it needs a full derivation, or another run is deriving it)")
-            if outcome.status != PUBLISHED:
-                continue
-            if outcome.newest_kafka_time is not None:
-                newest = max(newest or outcome.newest_kafka_time, outcome.newest_kafka_time)
-            for table in spec.gold:
-                if table.partitions != spec.partitions:
-                    # A rollup over many Silver partitions (the day) costs what the day holds: inline it would
-                    # stall the stream as the day fills. Automation follows it (at most once a minute).
-                    continue
-                gpk = gold_partition_of(spec, table, pk)
-                if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=False, appended=outcome), gpk)) == PUBLISHED:
-                    to_load.append((table, gpk))
-        if not to_load:
-            return
-        with warehouse.client():  # one session for the batch's loads (chDB opens once)
-            loaded = [(gpk, load_partition(spec, table, lake, warehouse, gpk, wait=False)) for table, gpk in to_load]
-        for gpk, result in loaded:
-            if result is not None:
-                # Kafka -> visible in ClickHouse, for the newest record of the batch.
-                yield as_event(dg.MaterializeResult(asset_key=result.asset_key, metadata={**result.metadata, **freshness_metadata(newest)}), gpk)
+    def follow(context, lake, warehouse, spark, touched: list[str], in_full: Collection[str]) -> Iterator:
+        published, newest = yield from carry_to_gold(context, spec, lake, spark, touched, in_full)
+        yield from load_days(spec, lake, warehouse, published, newest)
 
     return follow

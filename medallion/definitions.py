@@ -26,7 +26,7 @@ def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict
     for spec in streams:
         built = build_stream(spec)
         assets += built.assets
-        jobs.append(built.ingest_job)
+        jobs += [built.ingest_job, built.catch_up_job]
         sensors.append(build_kafka_sensor(spec, built.ingest_job, stream_for_s=load_settings().stream_for_s))
         sensors += automation_sensors(spec)
         if spec.history is not None:

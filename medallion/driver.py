@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from assets import keys
+from assets.catch_up import catch_up_job_name
 from assets.streams import STREAMS
 from sensors.dead_runs import owner_tags
 
@@ -112,6 +114,14 @@ def drive(
         for key, pdef in partitions_of.items():
             for pk in evaluation.get_requested_partitions(key):
                 runs[(_grain_seconds(pdef), pk)].append(key)
+        # A backlog of a stream's partitions goes in one run (assets/catch_up.py), before the rest.
+        for spec in streams:
+            result = _catch_up(defs, instance, spec, runs)
+            if result is not None:
+                log.automation_runs += 1
+                launched += 1
+                if not result.success:
+                    log.failed_runs.append(f"{catch_up_job_name(spec)} {result.run_id}")
         # Finer partitions first: an hour's Silver before the day's rollup that reads it.
         for (_, pk), selection in sorted(runs.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
             result = asset_job.execute_in_process(
@@ -127,6 +137,29 @@ def drive(
                 log.failed_runs.append(f"{[k.to_user_string() for k in selection]} {pk} {result.run_id}")
         quiet = quiet + 1 if launched == 0 and not moved else 0
     return log
+
+
+CATCH_UP_FROM = 2  # partitions of one stream asked for in one evaluation: carried by one catch-up run
+
+
+def _catch_up(defs: dg.Definitions, instance: dg.DagsterInstance, spec, runs: dict[tuple, list[dg.AssetKey]]):
+    """One run for every partition whose Silver automation asks for (with the same-grain Gold and warehouse
+    loads asked for with it); they are taken out of `runs`. None if there are too few to be worth it."""
+    silver = keys.silver_key(spec)
+    carried = {keys.silver_key(spec)} | {k for t in spec.gold if t.partitions == spec.partitions for k in (keys.gold_key(spec, t), keys.warehouse_key(spec, t))}
+    backlog = [run for run, selection in runs.items() if silver in selection]
+    if len(backlog) < CATCH_UP_FROM:
+        return None
+    for run in backlog:
+        runs[run] = [k for k in runs[run] if k not in carried]
+        if not runs[run]:
+            del runs[run]
+    return defs.resolve_job_def(catch_up_job_name(spec)).execute_in_process(
+        run_config={"ops": {f"carry_{spec.name}": {"config": {"partitions": sorted(pk for _, pk in backlog)}}}},
+        instance=instance,
+        tags={"dagster/from_automation_condition": "true", "medallion/driver": "headless", **owner_tags()},
+        raise_on_error=False,
+    )
 
 
 # Cursors are kept in the instance between runs of the driver, as the daemon keeps its own: updates made by

@@ -17,10 +17,10 @@ from tests.dev_server import DevServer
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 RATE = 30  # events/s per stream
-# As `make dev` runs: stream runs (short ones, so that the platform settles after the restart) and late data
-# taken in waves. One-pass runs with late partitions followed at once (the other tests) start several runs a
-# second, and on two cores the rollup then waits in the queue behind them.
-DEV_SETTINGS = {"MEDALLION_STREAM_FOR_S": "20", "MEDALLION_LATE_DATA_CRON": "*/2 * * * *"}
+# As `make dev` runs: stream runs and late data taken in waves, both shorter than the defaults so that the
+# platform settles soon after the restart. One-pass runs with late partitions followed at once (the other
+# tests) start several runs a second, and on two cores the rollup then waits in the queue behind them.
+DEV_SETTINGS = {"MEDALLION_STREAM_FOR_S": "20", "MEDALLION_LATE_DATA_CRON": "* * * * *"}
 
 
 def materialization_times(instance, key: str) -> list[float]:
