@@ -3,7 +3,8 @@ warehouse by one op, oldest first, instead of a run per partition.
 
 A run costs ~0.7 s of Dagster bookkeeping around its work (run record, plan, a dozen events per step), as
 much as an hour of a 1M-reading backlog takes to derive. `medallion run` uses this job when automation asks
-for Silver of several partitions at once (a restart after a pause, a replay, late data across hours). Each
+for Silver of several partitions at once (a restart after a pause, a replay, late data across hours), and
+`medallion backfill` for a range of them. Each
 partition is reported as its assets' own runs report it: one materialization per asset and partition, its
 contract check evaluations, the same metadata. A partition that fails its contract is not published, and
 the run fails (as its own run would) once the others are carried; daily rollups follow by automation.
@@ -11,6 +12,7 @@ the run fails (as its own run would) once the others are carried; daily rollups 
 
 import dagster as dg
 
+from assets import keys
 from assets.spec import StreamSpec
 from assets.streaming import carry_to_gold, load_days
 from resources.lake import LakeResource
@@ -18,8 +20,21 @@ from resources.spark import SparkEngine
 from resources.warehouse import WarehouseResource
 
 
+CATCH_UP_FROM = 2  # partitions of a stream asked for at once that go in one catch-up run instead
+
+
 def catch_up_job_name(spec: StreamSpec) -> str:
     return f"catch_up_{spec.name}"
+
+
+def carried_keys(spec: StreamSpec) -> set[dg.AssetKey]:
+    """What a catch-up run materializes for each partition: Silver, and same-grain Gold with its loads."""
+    same_grain = [t for t in spec.gold if t.partitions == spec.partitions]
+    return {keys.silver_key(spec), *(keys.gold_key(spec, t) for t in same_grain), *(keys.warehouse_key(spec, t) for t in same_grain)}
+
+
+def catch_up_run_config(spec: StreamSpec, partitions: list[str]) -> dict:
+    return {"ops": {f"carry_{spec.name}": {"config": {"partitions": sorted(partitions)}}}}
 
 
 class CatchUpConfig(dg.Config):
@@ -43,17 +58,17 @@ def build_catch_up_job(spec: StreamSpec) -> dg.JobDefinition:
     @dg.op(name=f"carry_{spec.name}", out={}, tags={"medallion/stream": spec.name})
     def carry(context: dg.OpExecutionContext, config: CatchUpConfig, lake: LakeResource, warehouse: WarehouseResource, spark: SparkEngine):
         # Waits for locks another process holds: everything asked for is carried (a backfill relies on it).
-        keys = sorted(set(config.partitions))
-        for pk in keys:
+        partitions = sorted(set(config.partitions))
+        for pk in partitions:
             spec.partitions.time_window_for_partition_key(pk)  # an unknown key fails here, before any work
         published, newest, failed = [], None, []
-        for pk in keys:
+        for pk in partitions:
             gold, latest = yield from _holding_failures(carry_to_gold(context, spec, lake, spark, [pk], in_full={pk}, wait=True), pk, failed)
             published += gold
             newest = max(filter(None, [newest, latest]), default=None)
         # Each warehouse day once, after all of its hours (a load swaps the whole day).
         yield from load_days(spec, lake, warehouse, published, newest, wait=True)
-        context.log.info(f"carried {len(keys)} {spec.name} partitions: {keys[0]} … {keys[-1]}")
+        context.log.info(f"carried {len(partitions)} {spec.name} partitions: {partitions[0]} … {partitions[-1]}")
         if failed:
             # Failed contract checks are reported last: a run's latest evaluation of a check is what the UI,
             # the alert sensor and automation read, and a failure must not be hidden by later hours passing.
@@ -66,7 +81,7 @@ def build_catch_up_job(spec: StreamSpec) -> dg.JobDefinition:
         name=catch_up_job_name(spec),
         tags={"medallion/stream": spec.name},
         description=f"{spec.name}: many Silver partitions (with their Gold and warehouse loads) in one run, oldest "
-        "first; `medallion run` uses it for a backlog. Materializations and checks are reported per partition.",
+        "first; `medallion run` and `medallion backfill` use it. Materializations and checks are reported per partition.",
     )
     def catch_up():
         carry()

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from assets import keys
-from assets.catch_up import catch_up_job_name
+from assets import catch_up
+from assets.catch_up import carried_keys, catch_up_job_name, catch_up_run_config
 from assets.streams import STREAMS
 from sensors.dead_runs import owner_tags
 
@@ -139,23 +140,19 @@ def drive(
     return log
 
 
-CATCH_UP_FROM = 2  # partitions of one stream asked for in one evaluation: carried by one catch-up run
-
-
 def _catch_up(defs: dg.Definitions, instance: dg.DagsterInstance, spec, runs: dict[tuple, list[dg.AssetKey]]):
     """One run for every partition whose Silver automation asks for (with the same-grain Gold and warehouse
     loads asked for with it); they are taken out of `runs`. None if there are too few to be worth it."""
-    silver = keys.silver_key(spec)
-    carried = {keys.silver_key(spec)} | {k for t in spec.gold if t.partitions == spec.partitions for k in (keys.gold_key(spec, t), keys.warehouse_key(spec, t))}
+    silver, carried = keys.silver_key(spec), carried_keys(spec)
     backlog = [run for run, selection in runs.items() if silver in selection]
-    if len(backlog) < CATCH_UP_FROM:
+    if len(backlog) < catch_up.CATCH_UP_FROM:
         return None
     for run in backlog:
         runs[run] = [k for k in runs[run] if k not in carried]
         if not runs[run]:
             del runs[run]
     return defs.resolve_job_def(catch_up_job_name(spec)).execute_in_process(
-        run_config={"ops": {f"carry_{spec.name}": {"config": {"partitions": sorted(pk for _, pk in backlog)}}}},
+        run_config=catch_up_run_config(spec, [pk for _, pk in backlog]),
         instance=instance,
         tags={"dagster/from_automation_condition": "true", "medallion/driver": "headless", **owner_tags()},
         raise_on_error=False,

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import polars as pl
 
+from assets import catch_up
 from medallion import driver
 from medallion.driver import drive
 from resources.lake import LakeResource, LakeTable
@@ -31,7 +32,7 @@ def backlog(bad_hour: int | None = None) -> list:
 
 def drive_into(spec, kafka, root, catch_up_from: int, monkeypatch):
     """`drive` on a lake, warehouse and instance of its own: (resources, log, runs, job per reported partition, Silver check records)."""
-    monkeypatch.setattr(driver, "CATCH_UP_FROM", catch_up_from)
+    monkeypatch.setattr(catch_up, "CATCH_UP_FROM", catch_up_from)
     resources = {"kafka": kafka, "lake": LakeResource(uri=str(root / "lake")), "warehouse": WarehouseResource(chdb_path=str(root / "warehouse"))}
     with dg.instance_for_test() as instance:
         log = drive(definitions(spec, resources), instance, (spec,), timeout_s=300)
@@ -53,7 +54,7 @@ def table(resources, layer: str, name: str) -> pl.DataFrame:
 
 def test_a_backlog_goes_in_one_run_with_the_data_of_a_run_per_partition(spec, kafka, tmp_path, monkeypatch):
     produce(kafka, spec.topic, backlog())
-    batched, log, runs, reported, _ = drive_into(spec, kafka, tmp_path / "batched", driver.CATCH_UP_FROM, monkeypatch)
+    batched, log, runs, reported, _ = drive_into(spec, kafka, tmp_path / "batched", catch_up.CATCH_UP_FROM, monkeypatch)
     assert not log.failed_runs
     assert [r.job_name for r in runs].count("catch_up_iot") == 1
     per_hour_jobs = [r for r in runs if r.tags.get("dagster/partition") in KEYS]
@@ -74,10 +75,10 @@ def test_a_backlog_goes_in_one_run_with_the_data_of_a_run_per_partition(spec, ka
 
 def test_an_hour_that_fails_its_contract_in_a_catch_up_is_not_published_and_fails_the_run(spec, kafka, tmp_path, monkeypatch):
     produce(kafka, spec.topic, backlog(bad_hour=2))
-    resources, log, runs, reported, checks = drive_into(spec, kafka, tmp_path / "lake-home", driver.CATCH_UP_FROM, monkeypatch)
-    [catch_up] = [r for r in runs if r.job_name == "catch_up_iot"]
-    assert catch_up.status == dg.DagsterRunStatus.FAILURE
-    assert log.failed_runs == [f"catch_up_iot {catch_up.run_id}"]
+    resources, log, runs, reported, checks = drive_into(spec, kafka, tmp_path / "lake-home", catch_up.CATCH_UP_FROM, monkeypatch)
+    [carried] = [r for r in runs if r.job_name == "catch_up_iot"]
+    assert carried.status == dg.DagsterRunStatus.FAILURE
+    assert log.failed_runs == [f"catch_up_iot {carried.run_id}"]
     lake = resources["lake"]
     assert KEYS[2] not in lake.published_keys("silver", "iot", "silver")
     # Its 44 Bronze rows (40 readings and 4 producer duplicates) all fail the physical range, and are quarantined.
@@ -87,5 +88,28 @@ def test_an_hour_that_fails_its_contract_in_a_catch_up_is_not_published_and_fail
     assert KEYS[2] not in reported["silver_iot"] and KEYS[2] not in reported["gold_iot_sensor_5m"]
     # The run's check record ends on the failure (the UI and the alert sensor read it), not on a later hour.
     [failed] = [c for c in checks if c.status.value == "FAILED"]
-    assert failed.run_id == catch_up.run_id
+    assert failed.run_id == carried.run_id
     assert failed.event.dagster_event.event_specific_data.metadata["failed_rows"].value == 44
+
+
+def test_a_backfill_of_many_hours_is_one_catch_up_run_and_repeatable(spec, resources, instance, kafka):
+    from medallion.backfill import backfill
+    from tests.helpers import content_hash, run_ingest
+
+    produce(kafka, spec.topic, backlog())
+    defs = definitions(spec, resources)
+    assert run_ingest(defs, spec, instance).success
+    said = []
+    runs = backfill(defs, instance, KEYS[0], KEYS[-1], streams=(spec,), say=said.append)
+    assert all(r.success for r in runs)
+    # The six hours of Silver, Gold and loads in one run (the day is not inside the range: no rollup run).
+    assert [instance.get_run_by_id(r.run_id).job_name for r in runs] == ["catch_up_iot"]
+    assert said[0].startswith(f"{KEYS[0]} … {KEYS[-1]}: ok (6 partitions of")
+    lake = resources["lake"]
+    names = {"silver": "silver", "sensor_5m": "gold", "location_hourly": "gold"}
+    first = {name: content_hash(table(resources, layer, name)) for name, layer in names.items()}
+    assert table(resources, "silver", "silver").height == 6 * 40
+    assert resources["warehouse"].query_arrow("SELECT sum(count) AS n FROM iot_sensor_5m").column("n")[0].as_py() == 6 * 40
+    assert all(r.success for r in backfill(defs, instance, KEYS[0], KEYS[-1], streams=(spec,)))
+    assert {name: content_hash(table(resources, layer, name)) for name, layer in names.items()} == first
+    assert lake.published_keys("silver", "iot", "silver") == KEYS
