@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--duration", type=int, default=600)
     ap.add_argument("--drain", type=int, default=90, help="seconds to wait for the tail after producing stops")
+    ap.add_argument("--producer", choices=["simulator", "librdkafka-defaults"], default="simulator",
+                    help="the simulator's batching (SIMULATOR_LINGER_MS), or a user's producer with librdkafka's defaults")
     args = ap.parse_args()
     home = scratch_home("freshness")
 
@@ -58,7 +60,12 @@ def main() -> None:
     def producer() -> None:
         # Clean data (no malformed/duplicates/late), so the warehouse count maps to the produced sequence.
         cfg = SimulatorConfig(events=args.rate * args.duration, rate=0, malformed_share=0, duplicate_share=0, late_share=0, anomaly_share=0.02)
-        p = kafka.producer({"linger.ms": SIMULATOR_LINGER_MS})
+        if args.producer == "simulator":
+            p = kafka.producer({"linger.ms": SIMULATOR_LINGER_MS})
+        else:  # nothing set but the address, as a user's own producer would be
+            from confluent_kafka import Producer
+
+            p = Producer({"bootstrap.servers": kafka.resolved_bootstrap()})
         began = time.time()
         for n, (key, _) in enumerate(generate(cfg, SimulatorStats())):
             if stop.is_set():
@@ -117,6 +124,7 @@ def main() -> None:
         "freshness",
         {
             "rate_events_per_s": args.rate,
+            "producer": args.producer,
             "duration_s": args.duration,
             "produced": produced,
             "visible": samples[-1][1] if samples else 0,

@@ -15,6 +15,7 @@ BENCHES = [
     ["micro_batch.py"],
     ["backlog.py", "--events", "1000000"],
     ["dev.py", "--minutes", "10"],
+    ["broker_endurance.py", "--hours", "1", "--live-s", "60"],
 ]
 
 

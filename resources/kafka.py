@@ -25,6 +25,13 @@ from resources.settings import load_settings
 READ_BATCH = 1000
 
 
+# Said when the embedded broker stops serving fetches (bench/broker_endurance.py; README: Performance).
+EMBEDDED_STALL_HINT = (
+    "; the embedded broker (Tansu, in-memory) stalls once a partition holds ~10,000 produce batches: let "
+    "producers batch (linger.ms=1000), or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
+)
+
+
 class KafkaUnavailableError(RuntimeError):
     """The broker did not answer within the configured timeout."""
 
@@ -239,7 +246,7 @@ class KafkaResource(dg.ConfigurableResource):
                     if time.monotonic() > deadline:
                         raise KafkaUnavailableError(
                             f"no fetch progress on {topic} partitions {sorted(pending)} from "
-                            f"{self.resolved_bootstrap()} within {self.timeout_s}s"
+                            f"{self.resolved_bootstrap()} within {self.timeout_s}s{self._stall_hint()}"
                         )
                     continue
                 deadline = time.monotonic() + self.timeout_s
@@ -260,6 +267,9 @@ class KafkaResource(dg.ConfigurableResource):
                 yield RecordBatch(messages=data, eof=eof)
         finally:
             consumer.close()
+
+    def _stall_hint(self) -> str:
+        return "" if self.bootstrap_servers else EMBEDDED_STALL_HINT
 
     def _raise_for(self, err: KafkaError, topic: str, partition: int, start: int | None) -> None:
         if err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):

@@ -32,9 +32,10 @@ class GraphQLError(Exception):
 
 
 class DevServer:
-    """`medallion dev --rate <rate>` on a home of its own; `env` adds to (or overrides) the environment."""
+    """`medallion dev --rate <rate> <args>` on a home of its own; `env` adds to (or overrides) the environment."""
 
-    def __init__(self, home: Path, rate: float = 0.0, port: int | None = None, env: dict | None = None, log_path: Path | None = None):
+    def __init__(self, home: Path, rate: float = 0.0, port: int | None = None, env: dict | None = None,
+                 log_path: Path | None = None, args: tuple[str, ...] = ()):  # fmt: skip
         self.home = home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -44,7 +45,7 @@ class DevServer:
         medallion = Path(sys.executable).parent / "medallion"
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(medallion), "dev", "--port", str(self.port), "--rate", str(rate)],
+            [str(medallion), "dev", "--port", str(self.port), "--rate", str(rate), *args],
             env=full_env, cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 

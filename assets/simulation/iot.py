@@ -15,14 +15,16 @@ from datetime import datetime, timedelta, timezone
 
 from assets.contracts.iot import PHYSICAL_RANGE, UNITS
 
-# (baseline mean, baseline spread across sensors, reading noise sd) per sensor type
-# How long the simulator's producer lets a batch fill. The embedded broker (Tansu, in-memory storage) keeps
-# each produced record batch as one object and slows down sharply once a partition holds more than ~10,000
-# of them (measured here: reading 500 records took 0.2 s at 10,000 batches, 43 s at 20,000). A gateway that
-# flushes four times a second keeps a 1,000 events/s stream under that for ~40 minutes per broker lifetime,
-# at the cost of up to 250 ms of latency. Real Kafka has no such limit.
+# How long the simulator's producer lets a batch fill. The embedded broker (Tansu 0.6, in-memory storage) keeps
+# each produced record batch as one object and lists all of a partition's batches on every fetch, so its CPU
+# grows with the batches a partition holds and it stalls past ~10,000 of them (bench/broker_endurance.py:
+# broker CPU 17% at 7,200 batches per partition, 105-160% and stalled reads at 10,800-14,400). Keyed records
+# fill every partition in each linger window, so a partition gets a batch per linger: ~40 minutes at 250 ms,
+# ~2.8 h at 1,000 ms (`medallion dev --linger-ms 1000`), which costs freshness (p95 5.5 s -> 15 s measured at
+# 1,000 events/s). Real Kafka has no such limit.
 SIMULATOR_LINGER_MS = 250
 
+# (baseline mean, baseline spread across sensors, reading noise sd) per sensor type
 PROFILES = {
     "temperature": (22.0, 3.0, 0.5),
     "humidity": (45.0, 10.0, 1.5),

@@ -1,0 +1,54 @@
+"""A stalled embedded broker is named as such: the read error says what stalls it and what to do. The stall
+is forced for real by pausing the broker process (SIGSTOP); a cluster the user configured gets no such hint."""
+
+import os
+import signal
+import uuid
+
+import pytest
+
+from resources.embedded_broker import start_broker, stop_broker
+from resources.kafka import EMBEDDED_STALL_HINT, KafkaResource, KafkaUnavailableError
+from resources.settings import load_settings
+
+
+@pytest.fixture
+def embedded_broker(medallion_home):
+    run_dir = load_settings().run_dir
+    info = start_broker(run_dir)
+    yield info
+    try:
+        os.kill(info.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+    stop_broker(run_dir)
+
+
+def _stalled_read_error(kafka: KafkaResource, pid: int) -> str:
+    topic = f"stall-{uuid.uuid4().hex[:8]}"
+    kafka.ensure_topics({topic: 1})
+    producer = kafka.producer()
+    for i in range(10):
+        producer.produce(topic, key=b"k", value=b'{"i":%d}' % i)
+    assert producer.flush(10) == 0
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(KafkaUnavailableError) as failed:
+            for _ in kafka.read(topic, {0: 0}, max_records=None):
+                pass
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return str(failed.value)
+
+
+def test_a_stalled_embedded_broker_says_why_and_what_to_do(embedded_broker):
+    message = _stalled_read_error(KafkaResource(timeout_s=1.5), embedded_broker.pid)
+    assert message.startswith("no fetch progress on stall-")
+    assert message.endswith(EMBEDDED_STALL_HINT)
+    assert "linger.ms" in message and "KAFKA_BOOTSTRAP_SERVERS" in message and "\n" not in message
+
+
+def test_a_configured_cluster_gets_no_embedded_hint(embedded_broker):
+    message = _stalled_read_error(KafkaResource(bootstrap_servers=embedded_broker.bootstrap, timeout_s=1.5), embedded_broker.pid)
+    assert message.startswith("no fetch progress on stall-")
+    assert EMBEDDED_STALL_HINT not in message
