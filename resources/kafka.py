@@ -177,7 +177,7 @@ class KafkaResource(dg.ConfigurableResource):
                 if time.monotonic() > deadline:
                     raise KafkaUnavailableError(
                         f"no fetch response for {topic} partitions {sorted(pending)} from "
-                        f"{self.resolved_bootstrap()} within {self.timeout_s}s"
+                        f"{self.resolved_bootstrap()} within {self.timeout_s}s{self._stall_hint()}"
                     )
                 for m in consumer.consume(num_messages=len(pending), timeout=0.5):
                     p = m.partition()

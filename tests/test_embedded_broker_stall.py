@@ -24,7 +24,8 @@ def embedded_broker(medallion_home):
     stop_broker(run_dir)
 
 
-def _stalled_read_error(kafka: KafkaResource, pid: int) -> str:
+def _stalled_errors(kafka: KafkaResource, pid: int) -> list[str]:
+    """What a stream run's read and the Kafka sensor's probe raise while the broker answers nothing."""
     topic = f"stall-{uuid.uuid4().hex[:8]}"
     kafka.ensure_topics({topic: 1})
     producer = kafka.producer()
@@ -33,22 +34,25 @@ def _stalled_read_error(kafka: KafkaResource, pid: int) -> str:
     assert producer.flush(10) == 0
     os.kill(pid, signal.SIGSTOP)
     try:
-        with pytest.raises(KafkaUnavailableError) as failed:
+        with pytest.raises(KafkaUnavailableError) as read:
             for _ in kafka.read(topic, {0: 0}, max_records=None):
                 pass
+        with pytest.raises(KafkaUnavailableError) as probe:
+            kafka.has_records_after(topic, {0: 10})
     finally:
         os.kill(pid, signal.SIGCONT)
-    return str(failed.value)
+    return [str(read.value), str(probe.value)]
 
 
 def test_a_stalled_embedded_broker_says_why_and_what_to_do(embedded_broker):
-    message = _stalled_read_error(KafkaResource(timeout_s=1.5), embedded_broker.pid)
-    assert message.startswith("no fetch progress on stall-")
-    assert message.endswith(EMBEDDED_STALL_HINT)
-    assert "linger.ms" in message and "KAFKA_BOOTSTRAP_SERVERS" in message and "\n" not in message
+    read, probe = _stalled_errors(KafkaResource(timeout_s=1.5), embedded_broker.pid)
+    assert read.startswith("no fetch progress on stall-") and probe.startswith("no fetch response for stall-")
+    for message in (read, probe):
+        assert message.endswith(EMBEDDED_STALL_HINT)
+        assert "linger.ms" in message and "KAFKA_BOOTSTRAP_SERVERS" in message and "\n" not in message
 
 
 def test_a_configured_cluster_gets_no_embedded_hint(embedded_broker):
-    message = _stalled_read_error(KafkaResource(bootstrap_servers=embedded_broker.bootstrap, timeout_s=1.5), embedded_broker.pid)
-    assert message.startswith("no fetch progress on stall-")
-    assert EMBEDDED_STALL_HINT not in message
+    read, probe = _stalled_errors(KafkaResource(bootstrap_servers=embedded_broker.bootstrap, timeout_s=1.5), embedded_broker.pid)
+    assert read.startswith("no fetch progress on stall-") and probe.startswith("no fetch response for stall-")
+    assert EMBEDDED_STALL_HINT not in read + probe
