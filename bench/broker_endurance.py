@@ -6,7 +6,8 @@ Hours cannot be waited out in a benchmark, so this one builds the log they leave
 with the batches `--hours` of a producer at `--rate` events/s per stream and `--linger-ms` would have written
 (one batch per partition per linger, keyed records filling every partition), then runs that producer live
 for `--live-s` while the platform's reader (`KafkaResource.read`, as a stream run reads) follows each topic.
-Figures: broker CPU during the live phase, lag (produced - read) at its end and its worst, read stalls.
+Figures: broker CPU during the live phase, lag (handed to the producer - read) per third and at its worst,
+read stalls (reads that saw no progress for 10 s), and any other reader error.
 
 `--hours 0` measures a fresh broker. Compare lingers: `--linger-ms 250 --hours 3` and `--linger-ms 1000 --hours 3`.
 """
@@ -33,7 +34,8 @@ def preload(bootstrap: str, topic: str, partitions: int, batches: int) -> None:
     for n in range(batches):
         for p in range(partitions):
             producer.produce(topic, value=b'{"preload":%d}' % n, partition=p)
-        producer.flush(30)
+        if producer.flush(30):
+            raise SystemExit(f"preload of {topic}: the broker did not acknowledge batch {n} within 30 s")
 
 
 def main() -> None:
@@ -59,7 +61,8 @@ def main() -> None:
     kafka = KafkaResource(bootstrap_servers=broker.bootstrap, timeout_s=10.0)
     topics = [f"endurance-{i}" for i in range(args.streams)]
     kafka.ensure_topics({t: args.partitions for t in topics})
-    # One batch per partition per linger while every partition gets a record in each linger window.
+    # One batch per partition per linger while every partition gets a record in each linger window (at make
+    # dev's 200 events/s and 250 ms: 50 records a window); slower streams send a batch per record.
     per_partition = int(args.hours * 3600 * 1000 / max(linger, 1)) if args.rate * linger / 1000 >= args.partitions else int(args.hours * 3600 * args.rate / args.partitions)
     began = time.monotonic()
     loaders = [threading.Thread(target=preload, args=(broker.bootstrap, t, args.partitions, per_partition)) for t in topics]
@@ -73,7 +76,11 @@ def main() -> None:
     produced = {t: 0 for t in topics}
     read = {t: 0 for t in topics}
     stalls = {t: 0 for t in topics}
+    errors: list[str] = []
     start_offsets = {t: {p: per_partition for p in range(args.partitions)} for t in topics}  # one record per preloaded batch
+    for t in topics:  # the live phase starts at the log's end
+        if kafka.has_records_after(t, start_offsets[t]) != {p: False for p in range(args.partitions)}:
+            raise SystemExit(f"{t}: the preloaded log does not end at offset {per_partition}")
 
     def produce(topic: str) -> None:
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": linger})
@@ -99,6 +106,9 @@ def main() -> None:
                         offsets[m.partition()] = m.offset() + 1
             except KafkaUnavailableError:
                 stalls[topic] += 1
+            except Exception as exc:  # noqa: BLE001 - a reader that died must not look like a stalled one
+                errors.append(f"{topic}: {exc}")
+                return
             read[topic] = sum(offsets.values()) - sum(start_offsets[topic].values())
             time.sleep(0.2)
 
@@ -133,6 +143,7 @@ def main() -> None:
             "lag_mean_last_third": round(sum(lags[-third:]) / third),
             "lag_max": max(lags, default=0),
             "read_stalls": sum(stalls.values()),
+            "reader_errors": errors,
         },
     )
 

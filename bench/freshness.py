@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--drain", type=int, default=90, help="seconds to wait for the tail after producing stops")
     ap.add_argument("--producer", choices=["simulator", "librdkafka-defaults"], default="simulator",
                     help="the simulator's batching (SIMULATOR_LINGER_MS), or a user's producer with librdkafka's defaults")
+    ap.add_argument("--linger-ms", type=int, default=None, help="the simulator producer's linger (default SIMULATOR_LINGER_MS)")
     args = ap.parse_args()
     home = scratch_home("freshness")
 
@@ -61,7 +62,7 @@ def main() -> None:
         # Clean data (no malformed/duplicates/late), so the warehouse count maps to the produced sequence.
         cfg = SimulatorConfig(events=args.rate * args.duration, rate=0, malformed_share=0, duplicate_share=0, late_share=0, anomaly_share=0.02)
         if args.producer == "simulator":
-            p = kafka.producer({"linger.ms": SIMULATOR_LINGER_MS})
+            p = kafka.producer({"linger.ms": SIMULATOR_LINGER_MS if args.linger_ms is None else args.linger_ms})
         else:  # nothing set but the address, as a user's own producer would be
             from confluent_kafka import Producer
 
@@ -125,9 +126,11 @@ def main() -> None:
         {
             "rate_events_per_s": args.rate,
             "producer": args.producer,
+            "linger_ms": (SIMULATOR_LINGER_MS if args.linger_ms is None else args.linger_ms) if args.producer == "simulator" else 5,
             "duration_s": args.duration,
             "produced": produced,
             "visible": samples[-1][1] if samples else 0,
+            "freshness_of": "the records that became visible",
             "freshness_p50_s": round(percentile(freshness, 0.5), 2) if freshness else None,
             "freshness_p95_s": round(percentile(freshness, 0.95), 2) if freshness else None,
             "freshness_max_s": round(max(freshness), 2) if freshness else None,

@@ -37,15 +37,28 @@ def _simulator_argv(args) -> list[str]:
     return [x for name, value in given for x in (f"--{name.replace('_', '-')}", str(value))]
 
 
+def _linger_ms(args) -> int:
+    from assets.simulation.iot import SIMULATOR_LINGER_MS
+
+    return SIMULATOR_LINGER_MS if args.linger_ms is None else args.linger_ms
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _simulator_args(sp) -> None:
     sp.add_argument("--seed", type=int, default=7)
     sp.add_argument("--malformed-share", type=float, default=0.005, help="share of malformed messages")
     sp.add_argument("--duplicate-share", type=float, default=0.01, help="share of producer-retry duplicates")
     sp.add_argument("--late-share", type=float, default=0.01, help="share of events 1-6 hours late")
     sp.add_argument("--anomaly-share", type=float, default=0.02, help="share of anomalous readings")
-    sp.add_argument("--linger-ms", type=int, default=None, metavar="MS",
+    sp.add_argument("--linger-ms", type=_non_negative_int, default=None, metavar="MS",
                     help="how long the producer lets a batch fill (default 250); the embedded broker stalls past "
-                         "~10,000 batches per partition, ~40 min at 250 ms, ~2.8 h at 1000 ms")  # fmt: skip
+                         "~10,000 batches per partition: ~40 min at 250 ms, 2-3 h at 1000 ms")  # fmt: skip
 
 
 def _resources():
@@ -79,7 +92,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     from medallion.definitions import build_definitions
     from medallion.driver import drive
     from assets.simulation.bad_input import produce_corpus
-    from assets.simulation.iot import SIMULATOR_LINGER_MS, produce
+    from assets.simulation.iot import produce
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from medallion.summary import platform_summary
 
@@ -93,7 +106,7 @@ def _run_pipeline(args, simulate: bool) -> int:
     if simulate:
         for spec in STREAMS:
             cfg = simulator_config(args, events=args.events)
-            stats = produce(resources["kafka"].producer({"linger.ms": args.linger_ms or SIMULATOR_LINGER_MS}), spec.topic, cfg, events=spec.simulator)
+            stats = produce(resources["kafka"].producer({"linger.ms": _linger_ms(args)}), spec.topic, cfg, events=spec.simulator)
             produced += stats.produced
             say(f"simulated {stats.produced} events into {spec.topic} ({stats.malformed} malformed, {stats.duplicates} duplicates, {stats.late} late)")
             if args.bad_input and spec.bad_input is None:
@@ -238,7 +251,7 @@ def cmd_broker(args) -> int:
 
 def cmd_simulate(args) -> int:
     from assets.streams import STREAMS
-    from assets.simulation.iot import SIMULATOR_LINGER_MS, produce
+    from assets.simulation.iot import produce
 
     spec = next((s for s in STREAMS if s.name == args.stream), None)
     if spec is None:
@@ -248,7 +261,7 @@ def cmd_simulate(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     cfg = simulator_config(args, events=args.events, rate=args.rate)
     try:
-        stats = produce(_resources()["kafka"].producer({"linger.ms": args.linger_ms or SIMULATOR_LINGER_MS}), spec.topic, cfg, should_stop=lambda: stop["now"], events=spec.simulator)
+        stats = produce(_resources()["kafka"].producer({"linger.ms": _linger_ms(args)}), spec.topic, cfg, should_stop=lambda: stop["now"], events=spec.simulator)
     except KeyboardInterrupt:
         return 0
     print(json.dumps(stats.__dict__))
@@ -258,7 +271,7 @@ def cmd_simulate(args) -> int:
 # What `medallion dev` tells a user who points a producer of their own at the embedded broker (README: Performance).
 EMBEDDED_PRODUCER_ADVICE = (
     "your own producer on the embedded broker: set linger.ms=1000 (it keeps every produce batch, and stalls past "
-    "~10,000 per partition: ~2.8 h at linger.ms=1000, about a minute at librdkafka's default 5 ms and 1,000 events/s); "
+    "~10,000 per partition: 2-3 h at linger.ms=1000, under 3 minutes at librdkafka's default 5 ms and 1,000 events/s); "
     "for longer, set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
 )
 
@@ -360,7 +373,7 @@ def cmd_erase(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medallion", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -440,7 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--submit", action="store_true", help="only file the request for the `erase_subject` job in the UI; prints its id")
     e.set_defaults(fn=cmd_erase)
 
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     from deltalake.exceptions import DeltaError
 
     from resources.lake import CommitConflict, LakeUnavailableError

@@ -27,8 +27,8 @@ READ_BATCH = 1000
 
 # Said when the embedded broker stops serving fetches (bench/broker_endurance.py; README: Performance).
 EMBEDDED_STALL_HINT = (
-    "; the embedded broker (Tansu, in-memory) stalls once a partition holds ~10,000 produce batches: let "
-    "producers batch (linger.ms=1000), or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
+    "; the embedded broker (Tansu, in-memory) may have stalled, as it does once a partition holds ~10,000 "
+    "produce batches: let producers batch (linger.ms=1000), or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
 )
 
 
