@@ -17,10 +17,10 @@ from tests.dev_server import DevServer
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 RATE = 30  # events/s per stream
-# As `make dev` runs: stream runs and late data taken in waves, both shorter than the defaults so that the
-# platform settles soon after the restart (the last stream run waits out its length with nothing to read:
-# 10 s settled 50 s after the restart here, 20 s took 99 s). One-pass runs with late partitions followed at once (the other
-# tests) start several runs a second, and on two cores the rollup then waits in the queue behind them.
+# As `make dev` runs: stream runs (one-pass runs start several runs a second, and on two cores the rollup then
+# waits in the queue behind them), shorter than the default so that the platform settles soon after the
+# restart: the last stream run waits out its length with nothing to read (10 s settled 50 s after the restart
+# here, 20 s took 99 s). Late partitions in waves, as `make dev` takes them.
 DEV_SETTINGS = {"MEDALLION_STREAM_FOR_S": "10", "MEDALLION_LATE_DATA_CRON": "* * * * *"}
 # No readings hours late: each late wave re-derives up to six older hours and the hours after them, one run
 # each under the daemon, so on a loaded machine the restarted platform took more than 300 s to settle. Late
