@@ -1,4 +1,7 @@
-"""Benchmark: can the embedded broker (Tansu, in-memory) keep serving after hours of traffic?
+"""Benchmark: how long can one Tansu process (the embedded broker's in-memory engine) keep serving?
+
+This is why the embedded log is split into segments that the `embedded_broker_segments` sensor rotates every
+few thousand records per partition (resources/embedded_broker.py): it measures one segment, never rotated.
 
 Tansu keeps each produced record batch as one object and lists every batch of a partition on each fetch
 that is behind the log end, so its cost grows with the number of batches a partition holds (not records).

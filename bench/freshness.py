@@ -4,7 +4,8 @@ The Dagster daemon (Kafka sensor + automation sensors) runs against the simulato
 D seconds (1,000/s for 600 s by default). Every second the benchmark reads how many readings the warehouse
 Gold table `iot_sensor_5m` counts; a record is visible once that count reaches its position in the produced
 sequence. Freshness = first time visible - its Kafka timestamp. Also samples the consumer lag (produced -
-committed to Bronze) over time.
+committed to Bronze) over time, and the embedded broker: its segments (rotated and retired by the
+`embedded_broker_segments` sensor), their CPU and resident memory.
 """
 
 import argparse
@@ -16,6 +17,15 @@ import time
 from datetime import datetime, timezone
 
 from common import REPO, emit, scratch_home
+
+
+def process_stats(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, resident bytes) of a live process."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,7 +51,7 @@ def main() -> None:
     from assets.simulation.iot import SIMULATOR_LINGER_MS, SimulatorConfig, SimulatorStats, generate
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from resources.config import platform_resources
-    from resources.embedded_broker import stop_broker
+    from resources.embedded_broker import running_broker, stop_broker
     from resources.settings import load_settings
 
     settings = load_settings()
@@ -89,6 +99,9 @@ def main() -> None:
 
     thread = threading.Thread(target=producer, daemon=True)
     samples: list[tuple[float, int, int]] = []  # (time, visible in warehouse, committed to bronze)
+    broker_cpu: dict[int, float] = {}  # pid -> CPU seconds last seen (segments come and go)
+    broker_rss: list[tuple[float, int, int]] = []  # (time, segments, resident bytes of the proxy and every segment)
+    segment_pids: set[int] = set()
     began = time.time()
     thread.start()
     try:
@@ -100,6 +113,15 @@ def main() -> None:
                 visible = 0
             committed = ingest_totals(lake, IOT)["consumed"]
             samples.append((time.time(), visible, committed))
+            log = running_broker(settings.run_dir) if settings.kafka_bootstrap is None else None
+            if log is not None:
+                rss = 0
+                for pid in [log.proxy_pid, *(seg.pid for seg in log.segments)]:
+                    stats = process_stats(pid)
+                    if stats:
+                        broker_cpu[pid], rss = stats[0], rss + stats[1]
+                segment_pids.update(seg.pid for seg in log.segments)
+                broker_rss.append((time.time(), len(log.segments), rss))
             done_producing = not thread.is_alive()
             if done_producing and (visible >= len(produced_at) or time.time() - began > args.duration + args.drain):
                 break
@@ -121,6 +143,8 @@ def main() -> None:
     lags = [(round(t - began), produced_count_at(produced_at, t) - committed) for t, _, committed in samples]
     producing = [lag for t, lag in lags if t <= args.duration]
     first, second = producing[: len(producing) // 2], producing[len(producing) // 2 :]
+    third = max(1, len(producing) // 3)
+    span = (broker_rss[-1][0] - broker_rss[0][0]) if len(broker_rss) > 1 else 0
     emit(
         "freshness",
         {
@@ -137,7 +161,13 @@ def main() -> None:
             "lag_max": max((lag for _, lag in lags), default=0),
             "lag_mean_first_half": round(statistics.mean(first)) if first else None,
             "lag_mean_second_half": round(statistics.mean(second)) if second else None,
+            "lag_mean_first_third": round(statistics.mean(producing[:third])) if producing else None,
+            "lag_mean_last_third": round(statistics.mean(producing[-third:])) if producing else None,
             "lag_over_time": lags[:: max(1, len(lags) // 40)],
+            "broker_segments_started": len(segment_pids),
+            "broker_segments_max": max((n for _, n, _ in broker_rss), default=0),
+            "broker_cpu_pct": round(100 * sum(broker_cpu.values()) / span) if span else None,
+            "broker_rss_mb_first_last": [round(broker_rss[0][2] / 2**20), round(broker_rss[-1][2] / 2**20)] if broker_rss else None,
         },
         target_p95_s=10,
     )

@@ -57,8 +57,7 @@ def _simulator_args(sp) -> None:
     sp.add_argument("--late-share", type=float, default=0.01, help="share of events 1-6 hours late")
     sp.add_argument("--anomaly-share", type=float, default=0.02, help="share of anomalous readings")
     sp.add_argument("--linger-ms", type=_non_negative_int, default=None, metavar="MS",
-                    help="how long the producer lets a batch fill (default 250); the embedded broker stalls past "
-                         "~10,000 batches per partition: ~40 min at 250 ms, 2-3 h at 1000 ms")  # fmt: skip
+                    help="how long the producer lets a batch fill (default 250)")  # fmt: skip
 
 
 def _resources():
@@ -270,9 +269,9 @@ def cmd_simulate(args) -> int:
 
 # What `medallion dev` tells a user who points a producer of their own at the embedded broker (README: Performance).
 EMBEDDED_PRODUCER_ADVICE = (
-    "your own producer on the embedded broker: set linger.ms=1000 (it keeps every produce batch, and stalls past "
-    "~10,000 per partition: 2-3 h at linger.ms=1000, under 3 minutes at librdkafka's default 5 ms and 1,000 events/s); "
-    "for longer, set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
+    "your own producer on the embedded broker: any linger.ms works, but set enable.idempotence=false (Java "
+    "clients default to true): the broker moves to a new segment every few thousand records per partition, "
+    "and an idempotent producer fails at the move; or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
 )
 
 

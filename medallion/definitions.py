@@ -15,6 +15,7 @@ from resources.settings import load_settings
 from resources.spark import SparkEngine
 from sensors.alerts import alert_on_run_failure, build_check_failure_alert
 from sensors.automation import automation_sensors
+from sensors.broker_segments import build_broker_segments_sensor
 from sensors.dead_runs import build_dead_run_sensor
 from sensors.history import build_history_sensor
 from sensors.kafka_sensor import build_kafka_sensor
@@ -32,7 +33,7 @@ def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict
         if spec.history is not None:
             sensors.append(build_history_sensor(spec, rederive[keys.silver_key(spec).to_user_string()]))
     jobs += list({j.name: j for j in rederive.values()}.values())
-    sensors += [build_dead_run_sensor(rederive), alert_on_run_failure, build_check_failure_alert(streams)]
+    sensors += [build_dead_run_sensor(rederive), alert_on_run_failure, build_check_failure_alert(streams), build_broker_segments_sensor(streams)]
     maintenance, maintenance_schedule = build_maintenance(streams)
     return dg.Definitions(
         assets=[*assets, maintenance],

@@ -28,8 +28,8 @@ def ensure_kafka(settings: Settings, streams: tuple[StreamSpec, ...], lake: Lake
     if settings.kafka_bootstrap is None and running_broker(settings.run_dir) is None:
         port = int(os.environ["MEDALLION_KAFKA_PORT"]) if os.environ.get("MEDALLION_KAFKA_PORT") else None
         info = start_broker(settings.run_dir, port=port)
-        say(f"embedded Kafka (Tansu) started on {info.bootstrap}")
-        stale = [s.name for s in streams if lake.version(bronze_table(s.name)) is not None]
+        say(f"embedded Kafka (Tansu) {'started' if info.started_empty else 'proxy restarted'} on {info.bootstrap}")
+        stale = [s.name for s in streams if lake.version(bronze_table(s.name)) is not None] if info.started_empty else []
         if stale:
             # The embedded broker keeps nothing: offsets Bronze committed refer to a log that no longer exists.
             for t in lake.tables(streams):

@@ -5,6 +5,7 @@ KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOC
 (+ CLICKHOUSE_PORT, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, CLICKHOUSE_DATABASE, CLICKHOUSE_SECURE) and
 MEDALLION_LAKE_URI=s3://bucket/prefix (+ AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
+The embedded broker rotates segments at MEDALLION_KAFKA_SEGMENT_RECORDS records per partition (0: never).
 Alerts go to MEDALLION_ALERT_WEBHOOK (links to MEDALLION_UI_URL when set).
 Secrets are passed as `dg.EnvVar`, so their values never appear in run config or the UI.
 """
@@ -41,6 +42,7 @@ def platform_resources() -> dict:
             sasl_username=_env("KAFKA_SASL_USERNAME"),
             sasl_password=_env("KAFKA_SASL_PASSWORD"),
             ssl_ca_location=_env("KAFKA_SSL_CA_LOCATION"),
+            embedded_segment_records=dg.EnvVar.int("MEDALLION_KAFKA_SEGMENT_RECORDS") if os.environ.get("MEDALLION_KAFKA_SEGMENT_RECORDS") else None,
         )
     )
     warehouse = WarehouseResource(

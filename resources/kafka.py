@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import Field
 
-from resources.embedded_broker import running_broker
+from resources.embedded_broker import EmbeddedKafka, running_broker
 from resources.settings import load_settings
 
 
@@ -27,8 +27,9 @@ READ_BATCH = 1000
 
 # Said when the embedded broker stops serving fetches (bench/broker_endurance.py; README: Performance).
 EMBEDDED_STALL_HINT = (
-    "; the embedded broker (Tansu, in-memory) may have stalled, as it does once a partition holds ~10,000 "
-    "produce batches: let producers batch (linger.ms=1000), or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
+    "; the embedded broker (Tansu, in-memory) may have stalled, as a segment does once a partition holds "
+    "~10,000 produce batches: check that the embedded_broker_segments sensor is running (it starts new segments), "
+    "or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
 )
 
 
@@ -60,10 +61,18 @@ class KafkaResource(dg.ConfigurableResource):
     sasl_password: Optional[str] = None
     ssl_ca_location: Optional[str] = None
     timeout_s: float = Field(default=10.0, description="how long a read may see no progress before failing")
+    embedded_segment_records: int = Field(
+        default=4000,
+        description="embedded broker only: start a new segment once a partition holds this many records in the "
+        "newest (Tansu slows past ~10,000 produce batches per partition); 0 turns rotation off",
+    )
 
     def resolved_bootstrap(self) -> str:
         if self.bootstrap_servers:
             return self.bootstrap_servers
+        return self._embedded().bootstrap
+
+    def _embedded(self) -> EmbeddedKafka:
         settings = load_settings()
         info = running_broker(settings.run_dir)
         if info is None:
@@ -71,10 +80,14 @@ class KafkaResource(dg.ConfigurableResource):
                 f"no KAFKA_BOOTSTRAP_SERVERS set and the embedded broker is not running "
                 f"(no live broker in {settings.run_dir / 'kafka.json'}); start it with `medallion broker start`"
             )
-        return info.bootstrap
+        return info
 
-    def client_config(self) -> dict:
-        conf: dict = {"bootstrap.servers": self.resolved_bootstrap(), "security.protocol": self.security_protocol}
+    def _segments(self) -> EmbeddedKafka | None:
+        """The embedded log's segments, read straight from the Tansu process holding each (None: a cluster)."""
+        return None if self.bootstrap_servers else self._embedded()
+
+    def client_config(self, bootstrap: str | None = None) -> dict:
+        conf: dict = {"bootstrap.servers": bootstrap or self.resolved_bootstrap(), "security.protocol": self.security_protocol}
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
         if self.sasl_username:
@@ -108,6 +121,10 @@ class KafkaResource(dg.ConfigurableResource):
         except KafkaException as exc:
             raise KafkaUnavailableError(f"Kafka at {self.resolved_bootstrap()} did not answer: {exc}") from exc
 
+    def topics(self) -> dict[str, list[int]]:
+        """Every topic and its partitions."""
+        return {name: sorted(t.partitions) for name, t in self._list_topics(self.admin()).items() if t.error is None}
+
     def partitions(self, topic: str) -> list[int]:
         topics = self._list_topics(self.admin())
         if topic not in topics or topics[topic].error is not None:
@@ -121,10 +138,10 @@ class KafkaResource(dg.ConfigurableResource):
         return Producer(conf)
 
     # -- consuming -----------------------------------------------------------------------------------
-    def _consumer(self, group_id: str | None = None) -> Consumer:
+    def _consumer(self, group_id: str | None = None, bootstrap: str | None = None) -> Consumer:
         return Consumer(
             {
-                **self.client_config(),
+                **self.client_config(bootstrap),
                 "group.id": group_id or f"medallion-reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
@@ -139,7 +156,15 @@ class KafkaResource(dg.ConfigurableResource):
 
     def end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """High watermarks as the broker reports them (stale on Tansu: use for lag display only)."""
-        consumer = self._consumer()
+        log = self._segments()
+        if log is None:
+            return self._watermarks(self.resolved_bootstrap(), topic, partitions)
+        seg = [s for s in log.segments if s.readable][-1]
+        local = self._watermarks(seg.bootstrap, topic, partitions)
+        return {p: seg.start(topic, p) + local[p] for p in partitions}
+
+    def _watermarks(self, bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
+        consumer = self._consumer(bootstrap=bootstrap)
         try:
             out = {}
             for p in partitions:
@@ -167,8 +192,25 @@ class KafkaResource(dg.ConfigurableResource):
 
     def has_records_after(self, topic: str, start_offsets: dict[int, int]) -> dict[int, bool]:
         """Fetch probe: for each partition, whether a record exists at its start offset."""
+        log = self._segments()
+        if log is None:
+            return self._probe(self.resolved_bootstrap(), topic, start_offsets)
+        found, probes = {}, {}
+        for p, offset in start_offsets.items():
+            seg = self._segment_at(log, topic, p, offset)
+            if seg is None:
+                found[p] = False  # past the readable log: the next segment is being sealed into place
+            elif seg.sealed:
+                found[p] = True  # a sealed segment holds every offset before its end
+            else:
+                probes.setdefault(seg.bootstrap, {})[p] = offset - seg.start(topic, p)
+        for bootstrap, local in probes.items():
+            found.update(self._probe(bootstrap, topic, local))
+        return found
+
+    def _probe(self, bootstrap: str, topic: str, start_offsets: dict[int, int]) -> dict[int, bool]:
         found = {p: False for p in start_offsets}
-        consumer = self._consumer()
+        consumer = self._consumer(bootstrap=bootstrap)
         try:
             consumer.assign([TopicPartition(topic, p, off) for p, off in start_offsets.items()])
             pending = set(start_offsets)
@@ -177,7 +219,7 @@ class KafkaResource(dg.ConfigurableResource):
                 if time.monotonic() > deadline:
                     raise KafkaUnavailableError(
                         f"no fetch response for {topic} partitions {sorted(pending)} from "
-                        f"{self.resolved_bootstrap()} within {self.timeout_s}s{self._stall_hint()}"
+                        f"{bootstrap} within {self.timeout_s}s{self._stall_hint()}"
                     )
                 for m in consumer.consume(num_messages=len(pending), timeout=0.5):
                     p = m.partition()
@@ -202,7 +244,20 @@ class KafkaResource(dg.ConfigurableResource):
         broker's (possibly stale, never too high) watermark is at or below `offset`. No answer while the
         watermark says the record exists means the broker is struggling: KafkaUnavailableError.
         """
-        consumer = self._consumer()
+        log = self._segments()
+        if log is None:
+            return self._fetch_one(self.resolved_bootstrap(), topic, partition, offset)
+        if offset < log.first_offset(topic, partition):
+            return None  # in a retired segment: gone, as retention removes records from a cluster
+        seg = log.segment_at(topic, partition, offset)
+        if seg is None:
+            raise KafkaUnavailableError(f"{topic}[{partition}] offset {offset} is in a segment of the embedded broker that is being sealed")
+        base = seg.start(topic, partition)
+        m = self._fetch_one(seg.bootstrap, topic, partition, offset - base)
+        return m if m is None or base == 0 else GlobalOffset(m, offset)
+
+    def _fetch_one(self, bootstrap: str, topic: str, partition: int, offset: int):
+        consumer = self._consumer(bootstrap=bootstrap)
         try:
             consumer.assign([TopicPartition(topic, partition, offset)])
             deadline = time.monotonic() + min(self.timeout_s, 3.0)
@@ -230,8 +285,61 @@ class KafkaResource(dg.ConfigurableResource):
         """Yield batches from `start_offsets` until every partition reaches EOF or `max_records` are read.
 
         A batch never splits across the record bound: callers may rely on offsets being contiguous per partition.
+        On the embedded broker a read crosses segments in offset order: a sealed segment's end is not an EOF.
         """
-        consumer = self._consumer()
+        log = self._segments()
+        if log is None:
+            yield from self._read(self.resolved_bootstrap(), topic, start_offsets, max_records)
+            return
+        positions, remaining = dict(start_offsets), max_records
+        while positions and (remaining is None or remaining > 0):
+            by_segment: dict[int, dict[int, int]] = {}
+            at_end = {}
+            for p, offset in positions.items():
+                seg = self._segment_at(log, topic, p, offset)
+                if seg is None:
+                    at_end[p] = offset
+                else:
+                    by_segment.setdefault(log.segments.index(seg), {})[p] = offset
+            if at_end:
+                yield RecordBatch(messages=[], eof=at_end)
+                for p in at_end:
+                    del positions[p]
+            if not by_segment:
+                return
+            index = min(by_segment)  # oldest first: each partition's records come in offset order
+            seg, group = log.segments[index], by_segment[index]
+            base = {p: seg.start(topic, p) for p in group}
+            ends = {p: seg.end(topic, p) for p in group}
+            local = {p: offset - base[p] for p, offset in group.items()}
+            for batch in self._read(seg.bootstrap, topic, local, remaining, global_start=group):
+                messages = batch.messages
+                if any(base.values()):
+                    messages = [GlobalOffset(m, base[m.partition()] + m.offset()) for m in messages]
+                if seg.sealed:  # what a late request added after sealing is not part of this segment's range
+                    messages = [m for m in messages if m.offset() < ends[m.partition()]]
+                for m in messages:
+                    positions[m.partition()] = m.offset() + 1
+                eof = {}
+                for p, off in batch.eof.items():
+                    positions[p] = base[p] + off
+                    if not seg.sealed:
+                        eof[p] = positions.pop(p)  # the newest segment's end is the log's end
+                if remaining is not None:
+                    remaining -= len(messages)
+                yield RecordBatch(messages=messages, eof=eof)
+
+    @staticmethod
+    def _segment_at(log: EmbeddedKafka, topic: str, partition: int, offset: int):
+        if offset < log.first_offset(topic, partition):
+            raise OffsetsWentBackwardsError(
+                f"{topic}[{partition}] has no offset {offset} any more: the embedded broker retired the segment "
+                f"holding it (the log starts at {log.first_offset(topic, partition)}). Refusing to skip silently."
+            )
+        return log.segment_at(topic, partition, offset)
+
+    def _read(self, bootstrap: str, topic: str, start_offsets: dict[int, int], max_records: int | None, global_start: dict[int, int] | None = None) -> Iterator[RecordBatch]:
+        consumer = self._consumer(bootstrap=bootstrap)
         try:
             consumer.assign([TopicPartition(topic, p, off) for p, off in start_offsets.items()])
             pending = set(start_offsets)
@@ -246,7 +354,7 @@ class KafkaResource(dg.ConfigurableResource):
                     if time.monotonic() > deadline:
                         raise KafkaUnavailableError(
                             f"no fetch progress on {topic} partitions {sorted(pending)} from "
-                            f"{self.resolved_bootstrap()} within {self.timeout_s}s{self._stall_hint()}"
+                            f"{bootstrap} within {self.timeout_s}s{self._stall_hint()}"
                         )
                     continue
                 deadline = time.monotonic() + self.timeout_s
@@ -260,7 +368,7 @@ class KafkaResource(dg.ConfigurableResource):
                         eof[m.partition()] = m.offset()
                         pending.discard(m.partition())
                     else:
-                        self._raise_for(err, topic, m.partition(), start_offsets.get(m.partition()))
+                        self._raise_for(err, topic, m.partition(), (global_start or start_offsets).get(m.partition()))
                 if remaining is not None:
                     data = data[:remaining]
                     remaining -= len(data)
@@ -282,10 +390,53 @@ class KafkaResource(dg.ConfigurableResource):
         raise KafkaException(err)
 
     def commit_group_offsets(self, group_id: str, topic: str, offsets: dict[int, int]) -> None:
-        """Mirror Bronze's committed offsets into a consumer group so standard Kafka tooling shows the lag."""
-        consumer = self._consumer(group_id)
+        """Mirror Bronze's committed offsets into a consumer group so standard Kafka tooling shows the lag
+        (on the embedded broker: in the newest segment, which is what tooling on its address sees)."""
+        log = self._segments()
+        bootstrap = None
+        if log is not None:
+            seg = log.newest
+            if not seg.readable:
+                return
+            offsets = {p: o - seg.start(topic, p) for p, o in offsets.items() if o >= seg.start(topic, p)}
+            bootstrap = seg.bootstrap
+        if not offsets:
+            return
+        consumer = self._consumer(group_id, bootstrap=bootstrap)
         try:
             consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False)
         finally:
             consumer.close()
 
+
+class GlobalOffset:
+    """A message from a later segment of the embedded broker, carrying its offset in the whole log."""
+
+    __slots__ = ("_message", "_offset")
+
+    def __init__(self, message, offset: int):
+        self._message, self._offset = message, offset
+
+    def offset(self) -> int:
+        return self._offset
+
+    def partition(self) -> int:
+        return self._message.partition()
+
+    def topic(self) -> str:
+        return self._message.topic()
+
+    def value(self):
+        return self._message.value()
+
+    def key(self):
+        return self._message.key()
+
+    def timestamp(self):
+        return self._message.timestamp()
+
+    def headers(self):
+        return self._message.headers()
+
+    def error(self):
+        return None

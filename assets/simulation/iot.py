@@ -15,13 +15,9 @@ from datetime import datetime, timedelta, timezone
 
 from assets.contracts.iot import PHYSICAL_RANGE, UNITS
 
-# How long the simulator's producer lets a batch fill. The embedded broker (Tansu 0.6, in-memory storage) keeps
-# each produced record batch as one object and lists all of a partition's batches on every fetch, so its CPU
-# grows with the batches a partition holds and it stalls past ~10,000 of them (bench/broker_endurance.py:
-# broker CPU 17-34% at 7,200 batches per partition, 105-160% and stalled reads at 10,800-14,400). Keyed records
-# fill every partition in each linger window, so a partition gets a batch per linger: ~40 minutes at 250 ms,
-# 2-3 h at 1,000 ms (`medallion dev --linger-ms 1000`), which costs freshness (p95 5.5 s -> 15 s, one 2-minute
-# run each at 1,000 events/s). Real Kafka has no such limit.
+# How long the simulator's producer lets a batch fill: fewer, larger batches cost the embedded broker less
+# (Tansu's fetches walk every batch of a partition's segment: bench/broker_endurance.py), while a longer linger
+# costs freshness (p95 5.5 s -> 15 s at 1,000 ms, one 2-minute run each at 1,000 events/s).
 SIMULATOR_LINGER_MS = 250
 
 # (baseline mean, baseline spread across sensors, reading noise sd) per sensor type
