@@ -8,7 +8,7 @@ from pathlib import Path
 
 from assets.spec import StreamSpec
 from medallion.instance import write_instance_yaml
-from resources.embedded_broker import running_broker, start_broker
+from resources.embedded_broker import start_broker
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource, bronze_table
 from resources.settings import Settings
@@ -25,10 +25,11 @@ def prepare_dagster_home(settings: Settings) -> Path:
 
 def ensure_kafka(settings: Settings, streams: tuple[StreamSpec, ...], lake: LakeResource, say=print) -> str:
     """Start the embedded broker if no cluster is configured; create the streams' topics."""
-    if settings.kafka_bootstrap is None and running_broker(settings.run_dir) is None:
+    if settings.kafka_bootstrap is None:
         port = int(os.environ["MEDALLION_KAFKA_PORT"]) if os.environ.get("MEDALLION_KAFKA_PORT") else None
-        info = start_broker(settings.run_dir, port=port)
-        say(f"embedded Kafka (Tansu) {'started' if info.started_empty else 'proxy restarted'} on {info.bootstrap}")
+        info = start_broker(settings.run_dir, port=port)  # the running one, its proxy restarted, or a new one
+        if info.started_empty or info.proxy_restarted:
+            say(f"embedded Kafka (Tansu) {'started' if info.started_empty else 'proxy restarted'} on {info.bootstrap}")
         stale = [s.name for s in streams if lake.version(bronze_table(s.name)) is not None] if info.started_empty else []
         if stale:
             # The embedded broker keeps nothing: offsets Bronze committed refer to a log that no longer exists.

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from resources.faults import failpoint
-from resources.locks import exclusive_lock
+from resources.locks import exclusive_lock, shared_lock
 
 Offsets = dict[str, dict[int, int]]  # topic -> partition -> offset
 
@@ -78,6 +78,7 @@ class EmbeddedKafka:
     port: int  # the stable address clients use
     segments: tuple[Segment, ...]
     started_empty: bool = field(default=False, compare=False)  # set by start_broker when it created the log
+    proxy_restarted: bool = field(default=False, compare=False)  # set by start_broker when it restarted only the proxy
 
     @property
     def bootstrap(self) -> str:
@@ -108,7 +109,10 @@ class EmbeddedKafka:
             if not seg.readable:
                 return None
             end = seg.end(topic, partition)
-            if end is None or offset < end:
+            if end is None:
+                # Being sealed (a newer segment exists): its end is not known yet, so nothing in it is read.
+                return seg if seg is self.newest else None
+            if offset < end:
                 return seg
         return None  # past the last sealed segment, whose successor is not readable yet
 
@@ -165,6 +169,15 @@ def _changing(run_dir: Path) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def reading(run_dir: Path) -> Iterator[EmbeddedKafka | None]:
+    """The log as a read that Bronze will commit sees it. Sealing waits for such reads to finish, and reads
+    that start later see the seal: no read takes a record the seal leaves out (a produce request that
+    landed in the old segment after the proxy moved, whose answer never reached its producer)."""
+    with shared_lock(run_dir / "kafka.reads.lock"):
+        yield running_broker(run_dir)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -197,13 +210,15 @@ def _alive(pid: int, port: int) -> bool:
 
 
 def running_broker(run_dir: Path) -> EmbeddedKafka | None:
-    """This checkout's embedded log, if its proxy and every segment are up."""
+    """This checkout's embedded log, if every segment is up (the proxy may be moving: clients retry)."""
     kafka = _load(run_dir)
-    if kafka is None or not _alive(kafka.proxy_pid, kafka.port):
-        return None
-    if not all(_alive(s.pid, s.port) for s in kafka.segments):
+    if kafka is None or not kafka.segments or not all(_alive(s.pid, s.port) for s in kafka.segments):
         return None
     return kafka
+
+
+def proxy_up(kafka: EmbeddedKafka) -> bool:
+    return _alive(kafka.proxy_pid, kafka.port)
 
 
 def _spawn(run_dir: Path, args: list[str], port: int, timeout_s: float) -> int:
@@ -219,7 +234,7 @@ def _spawn(run_dir: Path, args: list[str], port: int, timeout_s: float) -> int:
         start_new_session=True,
     )
     deadline = time.monotonic() + timeout_s
-    while not _port_open(port):
+    while not _port_open(port) or proc.poll() is not None:
         if proc.poll() is not None:
             raise EmbeddedBrokerError(f"Tansu exited with code {proc.returncode}; see {run_dir / 'kafka.log'}")
         if time.monotonic() > deadline:
@@ -238,10 +253,30 @@ def _spawn_segment(run_dir: Path, timeout_s: float) -> tuple[int, int]:
 def _spawn_proxy(run_dir: Path, port: int, origin_port: int, timeout_s: float) -> int:
     # The proxy rewrites metadata to its own address, so clients never learn a segment's port.
     url = f"tcp://127.0.0.1:{port}"
+    for pid in _tansu_pids(f"--listener-url\0{url}\0"):  # one a crashed rotation started but never recorded
+        _kill(pid)
+    deadline = time.monotonic() + 5.0
+    while _port_open(port) and time.monotonic() < deadline:  # a stopped proxy's threads may still hold it a moment
+        time.sleep(0.02)
+    if _port_open(port):
+        raise EmbeddedBrokerError(f"port {port} is already taken by another process; set MEDALLION_KAFKA_PORT")
     return _spawn(run_dir, ["proxy", "--listener-url", url, "--advertised-listener-url", url, "--origin-url", f"tcp://127.0.0.1:{origin_port}"], port, timeout_s)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tansu_pids(marker: str) -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and "tansu" in (c := _cmdline(int(d.name))) and marker in c]
+
+
 def _kill(pid: int, timeout_s: float = 10.0) -> None:
+    if "tansu" not in _cmdline(pid):
+        return  # gone, or the pid now belongs to another process
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -263,11 +298,12 @@ def start_broker(run_dir: Path, port: int | None = None, timeout_s: float = 15.0
     run_dir.mkdir(parents=True, exist_ok=True)
     with _changing(run_dir):
         kafka = _load(run_dir)
-        if kafka is not None and all(_alive(s.pid, s.port) for s in kafka.segments):
-            if not _alive(kafka.proxy_pid, kafka.port):
+        if kafka is not None and kafka.segments and all(_alive(s.pid, s.port) for s in kafka.segments):
+            if not proxy_up(kafka):
                 _kill(kafka.proxy_pid)
                 kafka = replace(kafka, proxy_pid=_spawn_proxy(run_dir, kafka.port, kafka.newest.port, timeout_s))
                 _save(run_dir, kafka)
+                return replace(kafka, proxy_restarted=True)
             return kafka
         if kafka is not None:  # a partial log: stop what is left of it
             for pid in [kafka.proxy_pid, *(s.pid for s in kafka.segments)]:
@@ -302,6 +338,7 @@ def stop_broker(run_dir: Path, timeout_s: float = 10.0) -> bool:
 
 # -- rotation -------------------------------------------------------------------------------------------
 SETTLE_S = 0.3  # after the proxy moved: produce requests already inside the old segment finish
+SEAL_TIMEOUT_S = 30.0
 
 
 def rotate(run_dir: Path, timeout_s: float = 15.0) -> EmbeddedKafka:
@@ -312,22 +349,10 @@ def rotate(run_dir: Path, timeout_s: float = 15.0) -> EmbeddedKafka:
         if kafka is None:
             raise EmbeddedBrokerError("the embedded broker is not running")
         kafka = _seal_all(run_dir, kafka)  # a rotation that died half-way is finished first
-        old = kafka.newest
         pid, port = _spawn_segment(run_dir, timeout_s)
-        try:
-            _copy_topics(old.bootstrap, f"127.0.0.1:{port}")
-        except Exception:
-            _kill(pid)
-            raise
-        new = Segment(pid=pid, port=port, starts=None, created_at=time.time())
-        # Recorded before the switch: a crash from here on leaves a log `_seal_all` can finish.
-        kafka = replace(kafka, segments=(*kafka.segments, new))
+        # Recorded at once: a crash from here on leaves a log `_seal_all` can finish (topics, proxy, seal).
+        kafka = replace(kafka, segments=(*kafka.segments, Segment(pid=pid, port=port, starts=None, created_at=time.time())))
         _save(run_dir, kafka)
-        failpoint("broker.before_proxy_switch")
-        _kill(kafka.proxy_pid)
-        kafka = replace(kafka, proxy_pid=_spawn_proxy(run_dir, kafka.port, new.port, timeout_s))
-        _save(run_dir, kafka)
-        failpoint("broker.before_seal")
         return _seal_all(run_dir, kafka)
 
 
@@ -338,48 +363,59 @@ def settle(run_dir: Path) -> EmbeddedKafka | None:
         return None if kafka is None else _seal_all(run_dir, kafka)
 
 
+def needs_settling(kafka: EmbeddedKafka) -> bool:
+    return not all(s.readable for s in kafka.segments) or not all(s.sealed for s in kafka.segments[:-1])
+
+
 def _seal_all(run_dir: Path, kafka: EmbeddedKafka) -> EmbeddedKafka:
-    """Seal every segment but the newest (once the proxy points at the newest) and give the next its starts."""
-    if all(s.readable for s in kafka.segments) and all(s.sealed for s in kafka.segments[:-1]):
+    """Point the proxy at the newest segment (with every topic), then seal every segment before it and
+    give each successor its starts."""
+    if not needs_settling(kafka) and _proxy_points_at(kafka.proxy_pid, kafka.newest.port):
         return kafka
-    if kafka.proxy_pid and not _proxy_points_at(kafka.proxy_pid, kafka.newest.port):
+    if not _proxy_points_at(kafka.proxy_pid, kafka.newest.port):
+        previous = [s for s in kafka.segments[:-1]]
+        if previous:
+            _copy_topics(previous[-1].bootstrap, kafka.newest.bootstrap)
+        failpoint("broker.before_proxy_switch")
         _kill(kafka.proxy_pid)
         kafka = replace(kafka, proxy_pid=_spawn_proxy(run_dir, kafka.port, kafka.newest.port, 15.0))
+        _save(run_dir, kafka)
+        failpoint("broker.before_seal")
     time.sleep(SETTLE_S)
-    segments = list(kafka.segments)
-    for i in range(len(segments) - 1):
-        seg = segments[i]
-        if not seg.sealed:
-            seg = segments[i] = replace(seg, ends=_settled_ends(seg))
-        nxt = segments[i + 1]
-        if not nxt.readable:
-            topics = set(seg.ends) | set(seg.starts or {})
-            starts = {
-                t: {p: seg.start(t, p) + seg.ends.get(t, {}).get(p, 0) for p in set(seg.ends.get(t, {})) | set((seg.starts or {}).get(t, {}))}
-                for t in topics
-            }
-            segments[i + 1] = replace(nxt, starts=starts)
-    kafka = replace(kafka, segments=tuple(segments))
-    _save(run_dir, kafka)
+    with exclusive_lock(run_dir / "kafka.reads.lock"):  # no read in progress, and later ones see the seal
+        segments = list(kafka.segments)
+        for i in range(len(segments) - 1):
+            seg = segments[i]
+            if not seg.sealed:
+                seg = segments[i] = replace(seg, ends=_settled_ends(seg))
+            nxt = segments[i + 1]
+            if not nxt.readable:
+                topics = set(seg.ends) | set(seg.starts or {})
+                starts = {
+                    t: {p: seg.start(t, p) + seg.ends.get(t, {}).get(p, 0) for p in set(seg.ends.get(t, {})) | set((seg.starts or {}).get(t, {}))}
+                    for t in topics
+                }
+                segments[i + 1] = replace(nxt, starts=starts)
+        kafka = replace(kafka, segments=tuple(segments))
+        _save(run_dir, kafka)
     return kafka
 
 
 def _proxy_points_at(pid: int, port: int) -> bool:
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"tcp://127.0.0.1:{port}".encode() in args
+    return f"--origin-url\0tcp://127.0.0.1:{port}\0" in _cmdline(pid) and _pid_alive(pid)
 
 
 def _settled_ends(seg: Segment) -> Offsets:
     """The segment's local log ends, read until two looks agree (a request still inside it may add a batch)."""
+    deadline = time.monotonic() + SEAL_TIMEOUT_S
     ends = _log_ends(seg.bootstrap)
     while True:
         time.sleep(SETTLE_S)
         again = _log_ends(seg.bootstrap)
         if again == ends:
             return ends
+        if time.monotonic() > deadline:
+            raise EmbeddedBrokerError(f"the segment on port {seg.port} kept growing for {SEAL_TIMEOUT_S:.0f}s after the proxy moved; not sealed")
         ends = again
 
 
@@ -405,23 +441,28 @@ def _topics(bootstrap: str) -> dict[str, int]:
 
 
 def _copy_topics(source: str, target: str) -> None:
+    """Create in `target` every topic of `source` it lacks, with the same partitions."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    topics = _topics(source)
-    if not topics:
+    have = _topics(target)
+    missing = {t: n for t, n in _topics(source).items() if t not in have}
+    if not missing:
         return
     admin = AdminClient({"bootstrap.servers": target})
-    for name, future in admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()]).items():
+    for name, future in admin.create_topics([NewTopic(t, n, 1) for t, n in missing.items()]).items():
         future.result(timeout=10)
 
 
-def retire_oldest(run_dir: Path) -> Segment | None:
-    """Stop the oldest segment if it is sealed (its records are gone from the log, like retention)."""
+def retire_oldest(run_dir: Path, read_up_to: Offsets) -> Segment | None:
+    """Stop the oldest segment if it is sealed and every partition in `read_up_to` is read past its end
+    (its records are gone from the log then, as retention removes them from a cluster)."""
     with _changing(run_dir):
         kafka = running_broker(run_dir)
         if kafka is None or len(kafka.segments) < 2 or not kafka.segments[0].sealed or not kafka.segments[1].readable:
             return None
         oldest = kafka.segments[0]
+        if any(oldest.end(t, p) > upto for t, parts in read_up_to.items() for p, upto in parts.items()):
+            return None
         _save(run_dir, replace(kafka, segments=kafka.segments[1:]))
         _kill(oldest.pid)
         return oldest

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import Field
 
-from resources.embedded_broker import EmbeddedKafka, running_broker
+from resources.embedded_broker import EmbeddedKafka, reading, running_broker
 from resources.settings import load_settings
 
 
@@ -287,10 +287,15 @@ class KafkaResource(dg.ConfigurableResource):
         A batch never splits across the record bound: callers may rely on offsets being contiguous per partition.
         On the embedded broker a read crosses segments in offset order: a sealed segment's end is not an EOF.
         """
-        log = self._segments()
-        if log is None:
-            yield from self._read(self.resolved_bootstrap(), topic, start_offsets, max_records)
+        if self.bootstrap_servers:
+            yield from self._read(self.bootstrap_servers, topic, start_offsets, max_records)
             return
+        with reading(load_settings().run_dir) as log:
+            if log is None:
+                self._embedded()  # raises, saying how to start it
+            yield from self._read_segments(log, topic, start_offsets, max_records)
+
+    def _read_segments(self, log: EmbeddedKafka, topic: str, start_offsets: dict[int, int], max_records: int | None) -> Iterator[RecordBatch]:
         positions, remaining = dict(start_offsets), max_records
         while positions and (remaining is None or remaining > 0):
             by_segment: dict[int, dict[int, int]] = {}
@@ -322,9 +327,11 @@ class KafkaResource(dg.ConfigurableResource):
                     positions[m.partition()] = m.offset() + 1
                 eof = {}
                 for p, off in batch.eof.items():
-                    positions[p] = base[p] + off
-                    if not seg.sealed:
-                        eof[p] = positions.pop(p)  # the newest segment's end is the log's end
+                    if seg.sealed:
+                        positions[p] = ends[p]  # on to the next segment
+                    else:
+                        positions.pop(p)
+                        eof[p] = base[p] + off  # the newest segment's end is the log's end
                 if remaining is not None:
                     remaining -= len(messages)
                 yield RecordBatch(messages=messages, eof=eof)

@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets.bronze import IngestSnapshot
 from assets.spec import StreamSpec
-from resources.embedded_broker import EmbeddedKafka, EmbeddedBrokerError, retire_oldest, rotate, running_broker, settle
+from resources.embedded_broker import EmbeddedBrokerError, EmbeddedKafka, needs_settling, retire_oldest, rotate, running_broker, settle
 from resources.kafka import KafkaResource, KafkaUnavailableError
 from resources.lake import LakeResource
 from resources.settings import load_settings
@@ -66,7 +66,7 @@ def build_broker_segments_sensor(streams: tuple[StreamSpec, ...]) -> dg.SensorDe
         if log is None:
             return dg.SkipReason(f"the embedded broker is not running (no live broker in {run_dir})")
         try:
-            if not all(s.readable for s in log.segments) or not all(s.sealed for s in log.segments[:-1]):
+            if needs_settling(log):
                 log = settle(run_dir) or log  # a rotation died half-way: finish it
             read_up_to, held = {}, {}
             topics = kafka.topics()
@@ -82,7 +82,7 @@ def build_broker_segments_sensor(streams: tuple[StreamSpec, ...]) -> dg.SensorDe
             decision = plan(log, read_up_to, held, kafka.embedded_segment_records)
             done = []
             if decision.retire:
-                gone = retire_oldest(run_dir)
+                gone = retire_oldest(run_dir, read_up_to)
                 if gone is not None:
                     done.append(f"retired the segment on port {gone.port}")
             if decision.rotate:

@@ -54,4 +54,4 @@ def test_the_guide_stream_runs_end_to_end(kafka, resources, instance):
         "topic_orders", "bronze_orders", "silver_orders", "gold_orders_store_hourly", "warehouse_orders_store_hourly",
         "lake_maintenance",  # the platform's, covering the new stream's tables too
     }  # fmt: skip
-    assert {s.name for s in defs.sensors} == {"kafka_orders", "automation_orders", "recover_dead_runs", "alert_on_run_failure", "alert_on_check_failure"}
+    assert {s.name for s in defs.sensors} == {"kafka_orders", "automation_orders", "recover_dead_runs", "alert_on_run_failure", "alert_on_check_failure", "embedded_broker_segments"}

@@ -12,6 +12,7 @@ import time
 from datetime import datetime, timezone
 
 import dagster as dg
+from confluent_kafka import Producer
 import polars as pl
 import pytest
 
@@ -152,6 +153,7 @@ def test_a_rotation_killed_half_way_loses_nothing_and_is_finished_by_the_next_ti
 
 
 def test_a_restarted_platform_keeps_a_log_of_several_segments(setup, instance, lake):
+    """`medallion dev` again after the proxy died: the proxy comes back, the segments and the lake are kept."""
     from medallion.stack import ensure_kafka
 
     spec, kafka, res, defs = setup
@@ -159,10 +161,52 @@ def test_a_restarted_platform_keeps_a_log_of_several_segments(setup, instance, l
     rotate(load_settings().run_dir)
     produce(kafka, spec.topic, [reading(50 + i, T, sensor=i % 9) for i in range(50)])
     ingest_all(defs, spec, instance, lake)
+    log = running_broker(load_settings().run_dir)
+    os.kill(log.proxy_pid, signal.SIGKILL)
     said = []
     ensure_kafka(load_settings(), (spec,), lake, say=said.append)  # what `medallion dev` does at start
-    assert said == [] and lake.count_bronze(spec.name) == 100
+    assert said == [f"embedded Kafka (Tansu) proxy restarted on {log.bootstrap}"]
+    assert running_broker(load_settings().run_dir).segments == log.segments and lake.count_bronze(spec.name) == 100
+    produce(kafka, spec.topic, [reading(100 + i, T, sensor=i % 9) for i in range(50)])
+    ingest_all(defs, spec, instance, lake)
     assert_every_offset_once(lake, spec, kafka)
+    assert lake.count_bronze(spec.name) == 150
+
+
+def test_a_read_in_progress_holds_the_seal_so_no_record_lands_outside_it(setup):
+    """A read started before a rotation sees the old segment as the newest. A record that reaches the old
+    segment after the proxy moved (a request still inside it) must either be inside the seal, if that read
+    returns it, or be read by nobody: sealing waits for reads in progress."""
+    spec, kafka, res, defs = setup
+    run_dir = load_settings().run_dir
+    produce(kafka, spec.topic, [reading(i, T, sensor=0) for i in range(30)])
+    old = running_broker(run_dir).newest
+    partition = next(p for p, n in kafka.log_ends(spec.topic, {0: 0, 1: 0, 2: 0}).items() if n == 30)
+
+    held = kafka.read(spec.topic, {partition: 0}, None)
+    first = next(held)  # this read is in progress now
+    proxy_before = running_broker(run_dir).proxy_pid
+    rotation = threading.Thread(target=rotate, args=(run_dir,))
+    rotation.start()
+    deadline = time.monotonic() + 10
+    while running_broker(run_dir).proxy_pid == proxy_before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running_broker(run_dir).proxy_pid != proxy_before, "the proxy never moved"
+    rotation.join(5.0)  # a rotation takes ~1 s when nothing holds it
+    assert rotation.is_alive(), "the seal did not wait for the read in progress"
+    straggler = Producer({"bootstrap.servers": old.bootstrap})  # straight into the old segment, after the move
+    straggler.produce(spec.topic, partition=partition, value=json.dumps(reading(999, T, sensor=0)).encode())
+    assert straggler.flush(10) == 0
+    got = [m.offset() for m in first.messages + [m for batch in held for m in batch.messages]]
+    rotation.join(30)
+    log = running_broker(run_dir)
+    # The straggler landed before the seal's last look, so it is part of the old segment, whether the held
+    # read returned it or a later read does; and the next segment starts right after it.
+    assert got in (list(range(30)), list(range(31)))
+    assert log.segments[0].end(spec.topic, partition) == 31 == log.newest.start(spec.topic, partition)
+    produce(kafka, spec.topic, [reading(100 + i, T, sensor=0) for i in range(5)])
+    after = [m.offset() for batch in kafka.read(spec.topic, {partition: len(got)}, None) for m in batch.messages]
+    assert got + after == list(range(36))
 
 
 def _log(*segments: Segment) -> EmbeddedKafka:

@@ -51,7 +51,7 @@ def test_partitions_hourly_by_event_time_and_daily_rollup():
 def test_sensors_run_by_default():
     names = {s.name: s for s in defs.sensors}
     assert set(names) == {
-        "kafka_iot", "automation_iot", "history_iot", "kafka_ads", "automation_ads", "history_ads", "recover_dead_runs", "alert_on_run_failure", "alert_on_check_failure",
+        "kafka_iot", "automation_iot", "history_iot", "kafka_ads", "automation_ads", "history_ads", "recover_dead_runs", "alert_on_run_failure", "alert_on_check_failure", "embedded_broker_segments",
     }  # fmt: skip
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in names.values())
     assert names["kafka_iot"].job_name == "ingest_iot" and names["kafka_ads"].job_name == "ingest_ads"

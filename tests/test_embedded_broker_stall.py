@@ -49,7 +49,7 @@ def test_a_stalled_embedded_broker_says_why_and_what_to_do(embedded_broker):
     assert read.startswith("no fetch progress on stall-") and probe.startswith("no fetch response for stall-")
     for message in (read, probe):
         assert message.endswith(EMBEDDED_STALL_HINT)
-        assert "linger.ms" in message and "KAFKA_BOOTSTRAP_SERVERS" in message and "\n" not in message
+        assert "embedded_broker_segments sensor" in message and "KAFKA_BOOTSTRAP_SERVERS" in message and "\n" not in message
 
 
 def test_a_configured_cluster_gets_no_embedded_hint(embedded_broker):
