@@ -1,7 +1,9 @@
 """Benchmark: `make dev` as shipped (`medallion dev`, both streams at their default rates, the real daemon),
 for `--minutes`. Reads the Dagster instance afterwards: how long runs waited from request to start, how many
 were queued at once, Kafka -> visible in ClickHouse per stream (each micro-batch's warehouse load records it
-for its newest record as `freshness_s`), and how often the daily rollup was materialized.
+for its newest record as `freshness_s`), and how often the daily rollup was materialized. Samples while it
+runs: each stream's consumer lag (log end - Bronze's committed offsets) and the embedded broker's segments,
+CPU and resident memory.
 """
 
 import argparse
@@ -41,11 +43,39 @@ def main() -> None:
         while not (home / "dagster" / "dagster.yaml").exists():
             time.sleep(1)
         time.sleep(5)
+        from assets.streams import STREAMS
+        from resources.config import lake_resource
+        from resources.embedded_broker import running_broker
+        from resources.kafka import KafkaResource
+        from freshness import process_stats
+
+        kafka, lake = KafkaResource(), lake_resource().process_config_and_initialize()
+        lags: dict[str, list[int]] = {s.name: [] for s in STREAMS}
+        broker_cpu: dict[int, float] = {}
+        broker_rss: list[tuple[float, int, int]] = []
+        segment_pids: set[int] = set()
         with dg.DagsterInstance.get() as instance:
             while time.time() - began < args.minutes * 60:
                 time.sleep(5)
                 queued = instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
                 queued_max = max(queued_max, queued)
+                log = running_broker(home / "run")
+                if log is not None:
+                    rss = 0
+                    for pid in [log.proxy_pid, *(seg.pid for seg in log.segments)]:
+                        stats = process_stats(pid)
+                        if stats:
+                            broker_cpu[pid], rss = stats[0], rss + stats[1]
+                    segment_pids.update(seg.pid for seg in log.segments)
+                    broker_rss.append((time.time(), len(log.segments), rss))
+                    for spec in STREAMS:
+                        try:
+                            parts = kafka.partitions(spec.topic)
+                            ends = kafka.end_offsets(spec.topic, parts)
+                            committed = lake.committed_offsets(spec.name, spec.topic, parts)
+                            lags[spec.name].append(sum(max(0, ends[p] - committed[p]) for p in parts))
+                        except Exception:  # noqa: BLE001 - topic not created yet, or the proxy moving: next sample
+                            pass
                 if proc.poll() is not None:
                     raise SystemExit(f"medallion dev exited with {proc.returncode}; see {home / 'medallion-dev.log'}")
             waits = [r.start_time - r.create_timestamp.timestamp() for r in instance.get_run_records() if r.start_time]
@@ -62,6 +92,16 @@ def main() -> None:
             figures["type_daily_materializations"] = len(daily)
             figures["type_daily_gap_max_s"] = round(max(gaps), 1) if gaps else None
             figures["type_daily_gap_median_s"] = round(statistics.median(gaps), 1) if gaps else None
+            for name, series in lags.items():
+                third = max(1, len(series) // 3)
+                figures[f"{name}_lag_mean_first_third"] = round(statistics.mean(series[:third])) if series else None
+                figures[f"{name}_lag_mean_last_third"] = round(statistics.mean(series[-third:])) if series else None
+                figures[f"{name}_lag_max"] = max(series, default=None)
+            span = broker_rss[-1][0] - broker_rss[0][0] if len(broker_rss) > 1 else 0
+            figures["broker_segments_started"] = len(segment_pids)
+            figures["broker_segments_max"] = max((n for _, n, _ in broker_rss), default=0)
+            figures["broker_cpu_pct"] = round(100 * sum(broker_cpu.values()) / span) if span else None
+            figures["broker_rss_mb_first_last"] = [round(broker_rss[0][2] / 2**20), round(broker_rss[-1][2] / 2**20)] if broker_rss else None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -242,9 +242,18 @@ def cmd_broker(args) -> int:
     elif args.action == "stop":
         print("stopped" if stop_broker(settings.run_dir) else "not running")
     else:
+        from tabulate import tabulate
+
+        from resources.embedded_broker import proxy_up
+
         info = running_broker(settings.run_dir)
-        print(info.bootstrap if info else "not running")
-        return 0 if info else 1
+        if info is None:
+            print("not running")
+            return 1
+        print(f"{info.bootstrap} (proxy {'up' if proxy_up(info) else 'DOWN: run `medallion broker start`'})")
+        rows = [[i, s.bootstrap, "sealed" if s.sealed else ("takes new records" if s is info.newest else "being sealed"), time.strftime("%H:%M:%S", time.localtime(s.created_at))]
+                for i, s in enumerate(info.segments)]  # fmt: skip
+        print(tabulate(rows, headers=["segment", "address", "state", "started"]))
     return 0
 
 
@@ -270,8 +279,9 @@ def cmd_simulate(args) -> int:
 # What `medallion dev` tells a user who points a producer of their own at the embedded broker (README: Performance).
 EMBEDDED_PRODUCER_ADVICE = (
     "your own producer on the embedded broker: any linger.ms works, but set enable.idempotence=false (Java "
-    "clients default to true): the broker moves to a new segment every few thousand records per partition, "
-    "and an idempotent producer fails at the move; or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
+    "clients default to true): the broker moves to a new segment every few thousand records per partition, an "
+    "idempotent producer fails at the move, and others may resend a batch there (Silver drops the copy by "
+    "event id); or set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster"
 )
 
 
