@@ -16,17 +16,10 @@ read stalls (reads that saw no progress for 10 s), and any other reader error.
 """
 
 import argparse
-import os
 import threading
 import time
-from pathlib import Path
 
-from common import emit, scratch_home
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from common import emit, process_stats, scratch_home
 
 
 def preload(bootstrap: str, topic: str, partitions: int, batches: int) -> None:
@@ -116,14 +109,14 @@ def main() -> None:
             time.sleep(0.2)
 
     threads = [threading.Thread(target=f, args=(t,), daemon=True) for t in topics for f in (produce, follow)]
-    cpu0, t0 = cpu_seconds(broker.pid), time.monotonic()
+    cpu0, t0 = process_stats(broker.pid)[0], time.monotonic()
     lags = []
     for t in threads:
         t.start()
     while time.monotonic() - t0 < args.live_s:
         time.sleep(1.0)
         lags.append(sum(produced.values()) - sum(read.values()))
-    cpu_pct = 100 * (cpu_seconds(broker.pid) - cpu0) / (time.monotonic() - t0)
+    cpu_pct = 100 * (process_stats(broker.pid)[0] - cpu0) / (time.monotonic() - t0)
     stop.set()
     time.sleep(1.0)
     stop_broker(run_dir)

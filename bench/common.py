@@ -83,3 +83,47 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def process_stats(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, resident bytes) of a live process."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class BrokerSampler:
+    """The embedded broker over a run: its segments (they come and go), their CPU and resident memory."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds last seen
+        self.rss: list[tuple[float, int, int]] = []  # (time, segments, resident bytes of the proxy and segments)
+        self.segment_pids: set[int] = set()
+
+    def sample(self):
+        """The log as it is now (None: not running), its figures recorded."""
+        from resources.embedded_broker import running_broker
+
+        log = running_broker(self.run_dir)
+        if log is None:
+            return None
+        rss = 0
+        for pid in [log.proxy_pid, *(seg.pid for seg in log.segments)]:
+            stats = process_stats(pid)
+            if stats:
+                self.cpu[pid], rss = stats[0], rss + stats[1]
+        self.segment_pids.update(seg.pid for seg in log.segments)
+        self.rss.append((time.time(), len(log.segments), rss))
+        return log
+
+    def figures(self) -> dict:
+        span = self.rss[-1][0] - self.rss[0][0] if len(self.rss) > 1 else 0
+        return {
+            "broker_segments_started": len(self.segment_pids),
+            "broker_segments_max": max((n for _, n, _ in self.rss), default=0),
+            "broker_cpu_pct": round(100 * sum(self.cpu.values()) / span) if span else None,
+            "broker_rss_mb_first_last": [round(self.rss[0][2] / 2**20), round(self.rss[-1][2] / 2**20)] if self.rss else None,
+        }

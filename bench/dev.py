@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import time
 
-from common import REPO, emit, scratch_home
+from common import REPO, BrokerSampler, emit, scratch_home
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -45,29 +45,17 @@ def main() -> None:
         time.sleep(5)
         from assets.streams import STREAMS
         from resources.config import lake_resource
-        from resources.embedded_broker import running_broker
         from resources.kafka import KafkaResource
-        from freshness import process_stats
 
         kafka, lake = KafkaResource(), lake_resource().process_config_and_initialize()
         lags: dict[str, list[int]] = {s.name: [] for s in STREAMS}
-        broker_cpu: dict[int, float] = {}
-        broker_rss: list[tuple[float, int, int]] = []
-        segment_pids: set[int] = set()
+        broker = BrokerSampler(home / "run")
         with dg.DagsterInstance.get() as instance:
             while time.time() - began < args.minutes * 60:
                 time.sleep(5)
                 queued = instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
                 queued_max = max(queued_max, queued)
-                log = running_broker(home / "run")
-                if log is not None:
-                    rss = 0
-                    for pid in [log.proxy_pid, *(seg.pid for seg in log.segments)]:
-                        stats = process_stats(pid)
-                        if stats:
-                            broker_cpu[pid], rss = stats[0], rss + stats[1]
-                    segment_pids.update(seg.pid for seg in log.segments)
-                    broker_rss.append((time.time(), len(log.segments), rss))
+                if broker.sample() is not None:
                     for spec in STREAMS:
                         try:
                             parts = kafka.partitions(spec.topic)
@@ -97,11 +85,7 @@ def main() -> None:
                 figures[f"{name}_lag_mean_first_third"] = round(statistics.mean(series[:third])) if series else None
                 figures[f"{name}_lag_mean_last_third"] = round(statistics.mean(series[-third:])) if series else None
                 figures[f"{name}_lag_max"] = max(series, default=None)
-            span = broker_rss[-1][0] - broker_rss[0][0] if len(broker_rss) > 1 else 0
-            figures["broker_segments_started"] = len(segment_pids)
-            figures["broker_segments_max"] = max((n for _, n, _ in broker_rss), default=0)
-            figures["broker_cpu_pct"] = round(100 * sum(broker_cpu.values()) / span) if span else None
-            figures["broker_rss_mb_first_last"] = [round(broker_rss[0][2] / 2**20), round(broker_rss[-1][2] / 2**20)] if broker_rss else None
+            figures.update(broker.figures())
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -16,16 +16,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from common import REPO, emit, scratch_home
-
-
-def process_stats(pid: int) -> tuple[float, int] | None:
-    """(CPU seconds, resident bytes) of a live process."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+from common import REPO, BrokerSampler, emit, scratch_home
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -51,7 +42,7 @@ def main() -> None:
     from assets.simulation.iot import SIMULATOR_LINGER_MS, SimulatorConfig, SimulatorStats, generate
     from medallion.stack import ensure_kafka, prepare_dagster_home
     from resources.config import platform_resources
-    from resources.embedded_broker import running_broker, stop_broker
+    from resources.embedded_broker import stop_broker
     from resources.settings import load_settings
 
     settings = load_settings()
@@ -99,9 +90,7 @@ def main() -> None:
 
     thread = threading.Thread(target=producer, daemon=True)
     samples: list[tuple[float, int, int]] = []  # (time, visible in warehouse, committed to bronze)
-    broker_cpu: dict[int, float] = {}  # pid -> CPU seconds last seen (segments come and go)
-    broker_rss: list[tuple[float, int, int]] = []  # (time, segments, resident bytes of the proxy and every segment)
-    segment_pids: set[int] = set()
+    broker = BrokerSampler(settings.run_dir)
     began = time.time()
     thread.start()
     try:
@@ -113,15 +102,7 @@ def main() -> None:
                 visible = 0
             committed = ingest_totals(lake, IOT)["consumed"]
             samples.append((time.time(), visible, committed))
-            log = running_broker(settings.run_dir) if settings.kafka_bootstrap is None else None
-            if log is not None:
-                rss = 0
-                for pid in [log.proxy_pid, *(seg.pid for seg in log.segments)]:
-                    stats = process_stats(pid)
-                    if stats:
-                        broker_cpu[pid], rss = stats[0], rss + stats[1]
-                segment_pids.update(seg.pid for seg in log.segments)
-                broker_rss.append((time.time(), len(log.segments), rss))
+            broker.sample()
             done_producing = not thread.is_alive()
             if done_producing and (visible >= len(produced_at) or time.time() - began > args.duration + args.drain):
                 break
@@ -144,7 +125,6 @@ def main() -> None:
     producing = [lag for t, lag in lags if t <= args.duration]
     first, second = producing[: len(producing) // 2], producing[len(producing) // 2 :]
     third = max(1, len(producing) // 3)
-    span = (broker_rss[-1][0] - broker_rss[0][0]) if len(broker_rss) > 1 else 0
     emit(
         "freshness",
         {
@@ -164,10 +144,7 @@ def main() -> None:
             "lag_mean_first_third": round(statistics.mean(producing[:third])) if producing else None,
             "lag_mean_last_third": round(statistics.mean(producing[-third:])) if producing else None,
             "lag_over_time": lags[:: max(1, len(lags) // 40)],
-            "broker_segments_started": len(segment_pids),
-            "broker_segments_max": max((n for _, n, _ in broker_rss), default=0),
-            "broker_cpu_pct": round(100 * sum(broker_cpu.values()) / span) if span else None,
-            "broker_rss_mb_first_last": [round(broker_rss[0][2] / 2**20), round(broker_rss[-1][2] / 2**20)] if broker_rss else None,
+            **broker.figures(),
         },
         target_p95_s=10,
     )

@@ -373,9 +373,8 @@ def _seal_all(run_dir: Path, kafka: EmbeddedKafka) -> EmbeddedKafka:
     if not needs_settling(kafka) and _proxy_points_at(kafka.proxy_pid, kafka.newest.port):
         return kafka
     if not _proxy_points_at(kafka.proxy_pid, kafka.newest.port):
-        previous = [s for s in kafka.segments[:-1]]
-        if previous:
-            _copy_topics(previous[-1].bootstrap, kafka.newest.bootstrap)
+        if len(kafka.segments) > 1:
+            _copy_topics(kafka.segments[-2].bootstrap, kafka.newest.bootstrap)
         failpoint("broker.before_proxy_switch")
         _kill(kafka.proxy_pid)
         kafka = replace(kafka, proxy_pid=_spawn_proxy(run_dir, kafka.port, kafka.newest.port, 15.0))
