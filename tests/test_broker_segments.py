@@ -18,7 +18,7 @@ import pytest
 
 from assets.bronze import ingest_totals
 from assets.streams.iot import IOT
-from resources.embedded_broker import EmbeddedKafka, Segment, rotate, running_broker, start_broker, stop_broker
+from resources.embedded_broker import EmbeddedKafka, Segment, proxy_up, rotate, running_broker, start_broker, stop_broker
 from resources.kafka import KafkaResource, OffsetsWentBackwardsError
 from resources.lake import bronze_table
 from resources.settings import load_settings
@@ -163,6 +163,10 @@ def test_a_restarted_platform_keeps_a_log_of_several_segments(setup, instance, l
     ingest_all(defs, spec, instance, lake)
     log = running_broker(load_settings().run_dir)
     os.kill(log.proxy_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while proxy_up(log) and time.monotonic() < deadline:  # the kill lands asynchronously
+        time.sleep(0.02)
+    assert not proxy_up(log)
     said = []
     ensure_kafka(load_settings(), (spec,), lake, say=said.append)  # what `medallion dev` does at start
     assert said == [f"embedded Kafka (Tansu) proxy restarted on {log.bootstrap}"]
