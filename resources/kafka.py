@@ -372,8 +372,10 @@ class KafkaResource(dg.ConfigurableResource):
                         if m.partition() in pending:
                             data.append(m)
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        eof[m.partition()] = m.offset()
-                        pending.discard(m.partition())
+                        # Reported again once records arrive behind a partition's end; its read ended at the first.
+                        if m.partition() in pending:
+                            eof[m.partition()] = m.offset()
+                            pending.discard(m.partition())
                     else:
                         self._raise_for(err, topic, m.partition(), (global_start or start_offsets).get(m.partition()))
                 if remaining is not None:

@@ -229,3 +229,29 @@ def test_plan_retires_only_what_bronze_has_read_and_rotates_at_the_bound():
     unread = _log(*([old] * (MAX_SEGMENTS - 1)), new)
     decision = plan(unread, {"t": {0: 0}}, {"t": {0: 5000}}, 300)
     assert not decision.rotate and "wait for Bronze" in decision.why
+
+
+def test_a_read_survives_a_partition_that_reaches_its_end_twice(embedded):
+    """librdkafka reports a partition's end again once more records arrive behind it: a read that has
+    finished that partition must ignore the second report (it raised KeyError, failing stream runs)."""
+    kafka = KafkaResource(timeout_s=5.0)
+    topic = "segments.eof-twice"
+    kafka.ensure_topics({topic: 2})
+    producer = kafka.producer({"linger.ms": 5})
+    for i in range(20_000):  # many consume() calls on partition 1 after partition 0 has ended
+        producer.produce(topic, value=b"x%d" % i, partition=1)
+    assert producer.flush(30) == 0
+    offsets: dict[int, list[int]] = {0: [], 1: []}
+    ends: dict[int, list[int]] = {0: [], 1: []}
+    for batch in kafka.read(topic, {0: 0, 1: 0}, max_records=None):
+        for m in batch.messages:
+            offsets[m.partition()].append(m.offset())
+        for p, off in batch.eof.items():
+            ends[p].append(off)
+            if p == 0:  # partition 0 grows behind its end while partition 1 is still being read
+                for _ in range(5):
+                    producer.produce(topic, value=b"late", partition=0)
+                assert producer.flush(10) == 0
+                time.sleep(1.0)  # the consumer fetches them (and reaches the end again) meanwhile
+    assert offsets == {0: [], 1: list(range(20_000))}
+    assert ends == {0: [0], 1: [20_000]}, "each partition's end is reported once, where its read ended"
