@@ -23,13 +23,14 @@ from sensors.kafka_sensor import build_kafka_sensor
 
 def build_definitions(streams: tuple[StreamSpec, ...] = STREAMS, resources: dict | None = None) -> dg.Definitions:
     assets, jobs, sensors = [], [], []
+    settings = load_settings()
     rederive = rederive_jobs(streams)  # asset key -> the job that re-derives it (one per partitioning)
     for spec in streams:
         built = build_stream(spec)
         assets += built.assets
         jobs += [built.ingest_job, built.catch_up_job]
-        sensors.append(build_kafka_sensor(spec, built.ingest_job, stream_for_s=load_settings().stream_for_s))
-        sensors += automation_sensors(spec)
+        sensors.append(build_kafka_sensor(spec, built.ingest_job, stream_for_s=settings.stream_for_s))
+        sensors += automation_sensors(spec, settings.automation_every_s)
         if spec.history is not None:
             sensors.append(build_history_sensor(spec, rederive[keys.silver_key(spec).to_user_string()]))
     jobs += list({j.name: j for j in rederive.values()}.values())

@@ -15,13 +15,13 @@ from assets.spec import StreamSpec
 LAYERS = ("silver", "gold", "warehouse")
 
 
-def automation_sensors(spec: StreamSpec) -> list[dg.AutomationConditionSensorDefinition]:
+def automation_sensors(spec: StreamSpec, every_s: int) -> list[dg.AutomationConditionSensorDefinition]:
     return [
         dg.AutomationConditionSensorDefinition(
             name=f"automation_{spec.name}",
             target=dg.AssetSelection.groups(*(keys.group(spec, layer) for layer in LAYERS)),
             default_status=dg.DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=1,  # every daemon loop (5 s); see the Kafka sensor
+            minimum_interval_seconds=every_s,  # MEDALLION_AUTOMATION_EVERY_S (resources/settings.py)
             description=f"Materializes {spec.name} Silver, Gold and warehouse partitions whose parents changed.",
         )
     ]
