@@ -37,14 +37,15 @@ def gold_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_
     return lake.stream_lock(spec.name, f"gold-{table.name}-{partition_key.replace(':', '')}", wait_s=wait_s)
 
 
-def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str, version: int | None = None) -> tuple[list[str], pl.DataFrame]:
+def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str, version: int | None = None, columns: tuple[str, ...] = ()) -> tuple[list[str], pl.DataFrame]:
     """(the Silver partitions a Gold partition reads, their rows in Silver `version` (default: the latest);
-    an empty Silver frame if none)."""
+    an empty Silver frame if none). `columns`: only these (default: every column)."""
     source_keys = silver_keys_for(spec, table, partition_key)
-    silver_rows = lake.read("silver", spec.name, "silver", source_keys, version=version)
+    silver_rows = lake.read("silver", spec.name, "silver", source_keys, version=version, columns=list(columns) or None)
     if silver_rows is None:
         ctx = SilverContext(partition_key, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
         silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
+        silver_rows = silver_rows.select(columns) if columns else silver_rows
     return source_keys, silver_rows
 
 
@@ -119,7 +120,8 @@ def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: Spark
         # Spark reads the snapshot's own data files; what it builds is published through delta-rs.
         rows = table.spark_build(spark.session(), spark.session().read.parquet(*files))
     else:
-        source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version)
+        # Only the columns the build reads: a day's rollup reads every hour so far (a third of the bytes).
+        source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version, table.reads)
         silver_height = silver_rows.height
         rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
         if keep and table.window and table.reads and table.partitions == spec.partitions:

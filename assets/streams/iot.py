@@ -113,6 +113,7 @@ IOT = StreamSpec(
                 anomaly_count Int64,
                 distinct_sensors Int64""",
             order_by="(sensor_type, day)",
+            reads=transforms.GOLD_READS,
         ),
     ),
 )
