@@ -120,7 +120,7 @@ def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: Spark
         # Spark reads the snapshot's own data files; what it builds is published through delta-rs.
         rows = table.spark_build(spark.session(), spark.session().read.parquet(*files))
     else:
-        # Only the columns the build reads: a day's rollup reads every hour so far (a third of the bytes).
+        # Only the columns the build reads: a day's rollup reads every hour so far (~40% of the bytes).
         source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version, table.reads)
         silver_height = silver_rows.height
         rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
