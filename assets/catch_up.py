@@ -63,7 +63,7 @@ def build_catch_up_job(spec: StreamSpec) -> dg.JobDefinition:
             spec.partitions.time_window_for_partition_key(pk)  # an unknown key fails here, before any work
         published, newest, failed = [], None, []
         for pk in partitions:
-            gold, latest = yield from _holding_failures(carry_to_gold(context, spec, lake, spark, [pk], in_full={pk}, wait=True), pk, failed)
+            gold, latest = yield from _holding_failures(carry_to_gold(context, spec, lake, spark, [pk], in_full={pk}, wait=True, rollups=False), pk, failed)
             published += gold
             newest = max(filter(None, [newest, latest]), default=None)
         # Each warehouse day once, after all of its hours (a load swaps the whole day).

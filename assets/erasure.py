@@ -63,7 +63,7 @@ from pydantic import Field
 
 from assets import keys
 from assets.contracts.gate import apply_contract
-from assets.gold import gold_lock, gold_source
+from assets.gold import build_from_silver, gold_lock, silver_rows_for
 from assets.history import HISTORY_TABLE, histories_lock
 from assets.partitions import window
 from assets.silver import silver_lock
@@ -298,9 +298,9 @@ def _plan_gold(plan: _Plan, spec: StreamSpec, table, m: _Match, rewritten: list[
     files = lake.data_files(gold_t)
     gone_total = 0
     for gpk in gold_pks:
-        source_keys, silver_rows = gold_source(spec, table, lake, gpk)
+        source_keys, silver_rows = silver_rows_for(spec, table, lake, gpk)
         silver_rows = silver_rows.filter(~m.mask("silver", silver_rows))
-        rows = table.build(silver_rows)
+        rows = build_from_silver(spec, table, silver_rows)
         verdict = apply_contract(rows, table.contract)
         if not verdict.ok:
             raise ErasureError(

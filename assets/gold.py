@@ -1,4 +1,5 @@
-"""Gold: aggregates of Silver per table of the stream spec, gated by their contracts."""
+"""Gold: aggregates of Silver (or, for a rollup, of a finer Gold table) per table of the stream spec, gated by
+their contracts."""
 
 
 import contextlib
@@ -26,10 +27,34 @@ from resources.pii import pii_key
 from resources.settings import PIPELINE_VERSION
 
 
+def source_gold(spec: StreamSpec, table: GoldTable) -> GoldTable | None:
+    """The Gold table a rollup folds (None: it is built from Silver)."""
+    return next(t for t in spec.gold if t.name == table.source) if table.source else None
+
+
+def source_table(spec: StreamSpec, table: GoldTable) -> LakeTable:
+    """What a Gold table is built from: Silver, or for a rollup the Gold table it folds."""
+    return LakeTable("gold", spec.name, table.source) if table.source else LakeTable("silver", spec.name, "silver")
+
+
+def source_name(table: GoldTable) -> str:
+    """How metadata names a Gold table's source ("silver", or the Gold table a rollup folds)."""
+    return table.source or "silver"
+
+
 def silver_keys_for(spec: StreamSpec, table: GoldTable, partition_key: str) -> list[str]:
     """The Silver partitions inside a Gold partition's time window (one for same-grain, 24 for daily over hourly)."""
     start, end = window(table.partitions, partition_key)
     return spec.partitions.get_partition_keys_in_time_window(dg.TimeWindow(start, end))
+
+
+def source_keys_for(spec: StreamSpec, table: GoldTable, partition_key: str) -> list[str]:
+    """The partitions of its source inside a Gold partition's time window."""
+    source = source_gold(spec, table)
+    if source is None:
+        return silver_keys_for(spec, table, partition_key)
+    start, end = window(table.partitions, partition_key)
+    return source.partitions.get_partition_keys_in_time_window(dg.TimeWindow(start, end))
 
 
 def gold_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_key: str, wait_s: float | None = None):
@@ -37,20 +62,45 @@ def gold_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_
     return lake.stream_lock(spec.name, f"gold-{table.name}-{partition_key.replace(':', '')}", wait_s=wait_s)
 
 
-def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str, version: int | None = None, columns: tuple[str, ...] = ()) -> tuple[list[str], pl.DataFrame]:
-    """(the Silver partitions a Gold partition reads, their rows in Silver `version` (default: the latest);
-    an empty Silver frame if none). `columns`: only these (default: every column)."""
+def silver_rows_for(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str, version: int | None = None, columns: tuple[str, ...] = ()) -> tuple[list[str], pl.DataFrame]:
+    """(the Silver partitions inside a Gold partition's window, their rows in Silver `version` (default: the
+    latest); an empty Silver frame if none). `columns`: only these (default: every column)."""
     source_keys = silver_keys_for(spec, table, partition_key)
     silver_rows = lake.read("silver", spec.name, "silver", source_keys, version=version, columns=list(columns) or None)
     if silver_rows is None:
-        ctx = SilverContext(partition_key, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
-        silver_rows = derive_silver_rows(spec, empty_bronze(spec), None, ctx)
+        silver_rows = empty_silver(spec, partition_key)
         silver_rows = silver_rows.select(columns) if columns else silver_rows
     return source_keys, silver_rows
 
 
-def gold_manifest(partition_key: str, source_keys: list[str], silver_rows: int) -> dict:
-    return {"partition": partition_key, "silver_partitions": source_keys, "silver_rows": silver_rows}
+def empty_silver(spec: StreamSpec, partition_key: str) -> pl.DataFrame:
+    ctx = SilverContext(partition_key, datetime.now(timezone.utc), PIPELINE_VERSION, pii_key=pii_key() if spec.pii_fields else None)
+    return derive_silver_rows(spec, empty_bronze(spec), None, ctx)
+
+
+def gold_source(spec: StreamSpec, table: GoldTable, lake: LakeResource, partition_key: str, version: int | None = None, columns: tuple[str, ...] = ()) -> tuple[list[str], pl.DataFrame]:
+    """(the source partitions a Gold partition reads, their rows in the source's `version` (default: the
+    latest)): Silver's, or a rollup's source Gold table's (built from no Silver rows if it has none)."""
+    source = source_gold(spec, table)
+    if source is None:
+        return silver_rows_for(spec, table, lake, partition_key, version, columns)
+    source_keys = source_keys_for(spec, table, partition_key)
+    rows = lake.read("gold", spec.name, source.name, source_keys, version=version, columns=list(columns) or None)
+    if rows is None:
+        rows = source.build(empty_silver(spec, source_keys[0]))
+        rows = rows.select(columns) if columns else rows
+    return source_keys, rows
+
+
+def build_from_silver(spec: StreamSpec, table: GoldTable, silver_rows: pl.DataFrame) -> pl.DataFrame:
+    """A Gold table's rows from Silver rows (a rollup through the table it folds): what its partition holds
+    once the tables before it are derived from the same rows."""
+    source = source_gold(spec, table)
+    return table.build(source.build(silver_rows) if source is not None else silver_rows)
+
+
+def gold_manifest(partition_key: str, source_keys: list[str], source_rows: int, source: str = "silver") -> dict:
+    return {"partition": partition_key, f"{source}_partitions": source_keys, f"{source}_rows": source_rows}
 
 
 ATTEMPTS = 3
@@ -58,11 +108,11 @@ ATTEMPTS = 3
 
 @dataclass
 class _Derived:
-    silver: LakeTable
-    silver_version: int | None
-    silver_files: set[str]
+    source: LakeTable
+    source_version: int | None
+    source_files: set[str]
     source_keys: list[str]
-    silver_height: int
+    source_rows: int
     gold_snapshot: object  # DeltaTable | None: Gold as it was when the derivation began
     rows: pl.DataFrame
     engine: str
@@ -100,45 +150,52 @@ def _keep(lake: LakeResource, spec: StreamSpec, table: GoldTable, pk: str, deriv
         KEPT.drop((lake.table_uri(gold_table), pk))
         return
     gold_files = lake.partition_files(gold_table, version, [pk])
-    KEPT.put((lake.table_uri(gold_table), pk), KeptPartition(frozenset(derived.silver_files), frozenset(gold_files), derived.rows, derived.windows))
+    KEPT.put((lake.table_uri(gold_table), pk), KeptPartition(frozenset(derived.source_files), frozenset(gold_files), derived.rows, derived.windows))
 
 
 def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str, keep: bool = False) -> _Derived:
-    """Build one Gold partition from one Silver snapshot (recorded), on the engine its size calls for."""
-    silver = LakeTable("silver", spec.name, "silver")
+    """Build one Gold partition from one snapshot of its source (recorded), on the engine its size calls for."""
+    source = source_table(spec, table)
     gold_snapshot = lake.open(LakeTable("gold", spec.name, table.name))
-    silver_version = lake.version(silver)
-    source_keys = silver_keys_for(spec, table, pk)
+    source_version = lake.version(source)
+    source_keys = source_keys_for(spec, table, pk)
     windows = None
-    silver_files = lake.partition_files(silver, silver_version, source_keys)
-    counts = lake.partition_rows("silver", spec.name, "silver")
-    silver_height = sum(counts.get(k, 0) for k in source_keys)  # from the log: only the engine that runs reads
-    engine = "spark" if spec.uses_spark(table.spark_build, silver_height, spark.min_rows) else "polars"
-    files = lake.file_uris(silver, silver_version, source_keys) if engine == "spark" and lake.local_root is not None else []
-    read_from = f"{len(files)} data files of {silver.name} v{silver_version}" if files else "polars"
+    source_files = lake.partition_files(source, source_version, source_keys)
+    counts = lake.partition_rows(source.layer, source.stream, source.table)
+    source_rows = sum(counts.get(k, 0) for k in source_keys)  # from the log: only the engine that runs reads
+    engine = "spark" if spec.uses_spark(table.spark_build, source_rows, spark.min_rows) else "polars"
+    files = lake.file_uris(source, source_version, source_keys) if engine == "spark" and lake.local_root is not None else []
+    read_from = f"{len(files)} data files of {source.name} v{source_version}" if files else "polars"
     if files:
         # Spark reads the snapshot's own data files; what it builds is published through delta-rs.
         rows = table.spark_build(spark.session(), spark.session().read.parquet(*files))
     else:
-        # Only the columns the build reads: a day's rollup reads every hour so far (~40% of the bytes).
-        source_keys, silver_rows = gold_source(spec, table, lake, pk, silver_version, table.reads)
-        silver_height = silver_rows.height
-        rows = table.spark_build(spark.session(), silver_rows) if engine == "spark" else table.build(silver_rows)
+        # Only the columns the build reads (the hourly tables read ~40% of Silver's bytes).
+        source_keys, rows_in = gold_source(spec, table, lake, pk, source_version, table.reads)
+        source_rows = rows_in.height
+        rows = table.spark_build(spark.session(), rows_in) if engine == "spark" else table.build(rows_in)
         if keep and table.window and table.reads and table.partitions == spec.partitions:
-            windows = by_window(table, silver_rows)
+            windows = by_window(table, rows_in)
     failpoint("gold.after_read")
-    return _Derived(silver, silver_version, silver_files, source_keys, silver_height, gold_snapshot, rows, engine, read_from, windows)
+    return _Derived(source, source_version, source_files, source_keys, source_rows, gold_snapshot, rows, engine, read_from, windows)
 
 
 def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
     key = keys.gold_key(spec, table)
-    same_grain = table.partitions == spec.partitions
+    source = source_gold(spec, table)
+    source_partitions = source.partitions if source is not None else spec.partitions
+    same_grain = table.partitions == source_partitions
 
     @dg.asset(
         key=key,
         # A day's rollup reads the hours so far: the day's later hours do not exist yet (automation batches
         # requests into backfills, which would otherwise refuse the dependency).
-        deps=[dg.AssetDep(keys.silver_key(spec), partition_mapping=None if same_grain else dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True))],
+        deps=[
+            dg.AssetDep(
+                keys.gold_key(spec, source) if source is not None else keys.silver_key(spec),
+                partition_mapping=None if same_grain else dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True),
+            )
+        ],
         partitions_def=table.partitions,
         automation_condition=FOLLOW_PARENTS if same_grain else FOLLOW_PARENTS_ALLOW_GAPS,
         check_specs=[contract_check_spec(key, f"pandera {table.contract.__name__}: all rows or nothing is published.")],
@@ -156,7 +213,7 @@ def build_gold(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinition:
 
 
 def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: SparkEngine, pk: str, *, wait: bool = True, appended=None):
-    """Derive one Gold partition from one Silver snapshot and publish it if its contract passes. Yields its
+    """Derive one Gold partition from one snapshot of its source and publish it if its contract passes. Yields its
     check result and materialization; returns PUBLISHED, BLOCKED, or DEFERRED (without `wait`, another
     process holds it). `appended`: what this process just appended to the Silver partition (a stream run's
     micro-batch, `assets.silver.Outcome`): then only the windows it falls in are computed again, if they can be."""
@@ -175,13 +232,13 @@ def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResour
                 break
             failpoint("gold.before_publish")
             try:
-                # Optimistic across tables (no lock is shared between machines): Silver's files must be those
+                # Optimistic across tables (no lock is shared between machines): the source's files must be those
                 # read, and the Gold partition must be unchanged since it began (Delta checks that one).
-                if lake.partition_files(derived.silver, None, derived.source_keys) != derived.silver_files:
-                    raise CommitConflict(f"{derived.silver.name} changed while {key.to_user_string()} {pk} was derived")
+                if lake.partition_files(derived.source, None, derived.source_keys) != derived.source_files:
+                    raise CommitConflict(f"{derived.source.name} changed while {key.to_user_string()} {pk} was derived")
                 version = lake.publish(
                     "gold", spec.name, table.name, pk, derived.rows,
-                    {**gold_manifest(pk, derived.source_keys, derived.silver_height), "silver_version": derived.silver_version},
+                    {**gold_manifest(pk, derived.source_keys, derived.source_rows, source_name(table)), f"{source_name(table)}_version": derived.source_version},
                     snapshot=derived.gold_snapshot,
                 )  # fmt: skip
                 _keep(lake, spec, table, pk, derived, version)
@@ -198,16 +255,16 @@ def gold_partition(context, spec: StreamSpec, table: GoldTable, lake: LakeResour
         if not verdict.ok:
             context.log.error(f"{key.to_user_string()} {pk} NOT published: {verdict.failure_counts} {verdict.schema_errors}")
             return BLOCKED
-        read_from, silver_height, source_keys, silver_version = derived.read_from, derived.silver_height, derived.source_keys, derived.silver_version
+        read_from, source_rows, source_keys, source_version = derived.read_from, derived.source_rows, derived.source_keys, derived.source_version
     yield dg.MaterializeResult(
         asset_key=key,
         metadata={
             "dagster/row_count": rows.height,
-            "silver_rows": silver_height,
-            "silver_partitions_read": len(source_keys),
+            f"{source_name(table)}_rows": source_rows,
+            f"{source_name(table)}_partitions_read": len(source_keys),
             "engine": engine,
-            "silver_read_by": read_from,
-            **lake_metadata(lake, LakeTable("gold", spec.name, table.name), version, {LakeTable("silver", spec.name, "silver").name: silver_version}),
+            f"{source_name(table)}_read_by": read_from,
+            **lake_metadata(lake, LakeTable("gold", spec.name, table.name), version, {source_table(spec, table).name: source_version}),
         },
     )
     return PUBLISHED

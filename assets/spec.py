@@ -43,6 +43,10 @@ class GoldTable:
     # micro-batch falls in, from Silver rows it keeps in memory (`assets/gold_windows.py`).
     window: str | None = None
     reads: tuple[str, ...] = ()
+    # A rollup of another Gold table of the stream (its `name`, of a finer grain), built from that table's rows
+    # in its time window instead of Silver's: a day of 5-minute rows, not a day of readings. `reads` then
+    # names the source table's columns.
+    source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ assets' own runs report.
 The run's own partition (the open hour) is carried through whatever it takes. Other partitions (late data)
 are carried only if Silver can extend them; one that needs a full derivation, or that another process is
 deriving right now, is left to declarative automation, which sees its Bronze materialization like any other.
-Rollups over several Silver partitions (the daily table) are left to automation too.
+A rollup of a Gold table (the day folded from its 5-minute rows) follows that table's partitions in the same
+micro-batch: its cost is the day's 5-minute rows, not the day's readings.
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ def gold_partition_of(spec: StreamSpec, table: GoldTable, silver_partition_key: 
     return table.partitions.get_partition_key_for_timestamp(start.timestamp())
 
 
-def carry_to_gold(context, spec: StreamSpec, lake, spark, touched: list[str], in_full: Collection[str], *, wait: bool = False):
+def carry_to_gold(context, spec: StreamSpec, lake, spark, touched: list[str], in_full: Collection[str], *, wait: bool = False, rollups: bool = True):
     """Carry `touched` (oldest first: each partition's history is the one before it) through Silver and
-    same-grain Gold; those in `in_full` are derived in full if they cannot be extended. Without `wait`, a
-    partition another process is deriving is left to automation. Yields their events; returns the Gold
-    partitions published ((table, key), ...) and the newest Kafka timestamp they carry."""
+    same-grain Gold, and (with `rollups`) the rollups of those Gold tables; those in `in_full` are derived in
+    full if they cannot be extended. Without `wait`, a partition another process is deriving is left to
+    automation. Yields their events; returns the Gold partitions published ((table, key), ...) and the
+    newest Kafka timestamp they carry."""
     published: list[tuple[GoldTable, str]] = []
     newest = None
     for pk in touched:
@@ -68,12 +70,20 @@ def carry_to_gold(context, spec: StreamSpec, lake, spark, touched: list[str], in
         if outcome.newest_kafka_time is not None:
             newest = max(newest or outcome.newest_kafka_time, outcome.newest_kafka_time)
         for table in spec.gold:
-            if table.partitions != spec.partitions:
-                # A rollup over many Silver partitions (the day) costs what the day holds: inline it would
-                # stall the stream as the day fills. Automation follows it (at most once a minute).
+            if table.source is not None or table.partitions != spec.partitions:
+                # A rollup of a Gold table follows it below. A rollup of Silver over many partitions (a day)
+                # costs what the day holds: inline it would stall the stream as the day fills; automation
+                # follows it (at most once a minute).
                 continue
             gpk = gold_partition_of(spec, table, pk)
             if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=wait, appended=outcome), gpk)) == PUBLISHED:
+                published.append((table, gpk))
+    for table in spec.gold if rollups else ():
+        if table.source is None:
+            continue
+        # Each of its partitions once, whatever number of its source's partitions this batch published.
+        for gpk in dict.fromkeys(gold_partition_of(spec, table, spk) for t, spk in published if t.name == table.source):
+            if (yield from _relay(gold_partition(context, spec, table, lake, spark, gpk, wait=wait), gpk)) == PUBLISHED:
                 published.append((table, gpk))
     return published, newest
 

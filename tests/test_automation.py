@@ -28,8 +28,13 @@ def test_chain_follows_bronze_for_an_old_partition(spec, resources, instance, ka
     materialize(defs, ["silver_iot"], "2026-11-19-03:00", instance)
     after_silver = evaluate(defs, instance, after_bronze.cursor)
     assert after_silver.get_requested_partitions(A("gold_iot_sensor_5m")) == {"2026-11-19-03:00"}
-    assert after_silver.get_requested_partitions(A("gold_iot_type_daily")) == {"2026-11-19"}
     assert not after_silver.get_requested_partitions(A("silver_iot"))  # handled: no repeat
+
+    # The daily rollup folds the 5-minute table: it follows that one's hour (its first check passed).
+    materialize(defs, ["gold_iot_sensor_5m"], "2026-11-19-03:00", instance)
+    after_gold = evaluate(defs, instance, after_silver.cursor)
+    assert after_gold.get_requested_partitions(A("gold_iot_type_daily")) == {"2026-11-19"}
+    assert not after_gold.get_requested_partitions(A("gold_iot_sensor_5m"))
 
 
 def test_failed_blocking_check_stops_gold(spec, resources, instance, kafka):

@@ -15,8 +15,10 @@ def test_lineage_topic_to_warehouse():
     graph = defs.resolve_asset_graph()
     assert graph.get(A("bronze_iot")).parent_keys == {A("topic_iot")}
     assert graph.get(A("silver_iot")).parent_keys == {A("bronze_iot")}
-    for table in ("sensor_5m", "location_hourly", "type_daily"):
+    for table in ("sensor_5m", "location_hourly"):
         assert graph.get(A(f"gold_iot_{table}")).parent_keys == {A("silver_iot")}
+    assert graph.get(A("gold_iot_type_daily")).parent_keys == {A("gold_iot_sensor_5m")}  # folds its day
+    for table in ("sensor_5m", "location_hourly", "type_daily"):
         assert graph.get(A(f"warehouse_iot_{table}")).parent_keys == {A(f"gold_iot_{table}")}
 
 

@@ -95,6 +95,18 @@ def test_a_stream_run_makes_each_micro_batch_visible_while_it_runs(spec, resourc
         assert ((gold["avg"] - expected["avg"]).abs() < 1e-9).all()
         read_by = [r.asset_materialization.metadata["silver_read_by"].value for r in instance.fetch_materializations(dg.AssetKey(f"gold_iot_{table.name}"), limit=50).records]
         assert any("windows recomputed from rows in memory" in r for r in read_by), read_by
+    # The daily rollup followed each micro-batch in the run (folded from the day's 5-minute rows), equal to
+    # one built from the day's Silver, and is in the warehouse.
+    from assets.gold import build_from_silver
+
+    daily = IOT.gold[[t.name for t in IOT.gold].index("type_daily")]
+    rollups = instance.fetch_materializations(dg.AssetKey("gold_iot_type_daily"), limit=50).records
+    assert len(rollups) >= 3 and all(r.run_id == holder["result"].run_id for r in rollups)
+    day = pk[:10]
+    day_silver = lake.read("silver", spec.name, "silver", [k for k in lake.partition_rows("silver", spec.name, "silver") if k.startswith(day)])
+    expected = delta_frame(build_from_silver(IOT, daily, day_silver))
+    assert lake.read("gold", spec.name, "type_daily", [day]).equals(expected)
+    assert warehouse.query_arrow("SELECT sum(count) AS n FROM iot_type_daily").column("n")[0].as_py() == produced
     assert lake.read_dead_letter(spec.name).filter(pl.col("payload") == "not json").height == 1
 
 

@@ -139,8 +139,39 @@ def test_gold_hourly_and_daily_rollups():
     assert set(hourly["sensor_type"]) == {"temperature", "humidity"}
     temp = hourly.filter(pl.col("sensor_type") == "temperature").row(0, named=True)
     assert temp["count"] == 9 and temp["distinct_sensors"] == 3 and temp["hour_start"] == T0
-    daily = iot.gold_type_daily(rows)
+    daily = iot.gold_type_daily(iot.gold_sensor_5m(rows))
     assert daily.filter(pl.col("sensor_type") == "temperature")["count"][0] == 9
     assert str(daily["day"][0]) == "2026-11-20"
     for table, frame in zip(IOT.gold[1:], (hourly, daily)):
         assert apply_contract(frame, table.contract).ok
+
+
+def test_the_daily_rollup_folded_from_5_minute_rows_equals_the_statistics_of_the_readings():
+    """Across windows, hours and a midnight, with windows of one reading (no stddev) and a type with a
+    single reading in its day: the fold gives the readings' own statistics (float rounding aside)."""
+    import random
+
+    rnd = random.Random(5)
+    start = datetime(2026, 11, 20, 22, 30, tzinfo=timezone.utc)
+    readings = [
+        {"sensor_id": f"s{i % 7}", "sensor_type": "temperature", "location": f"loc-{i % 2}", "value": rnd.gauss(20, 4),
+         "event_time": start + timedelta(seconds=rnd.uniform(0, 3 * 3600)), "is_anomaly": rnd.random() < 0.05}
+        for i in range(3000)
+    ]  # fmt: skip
+    readings.append({"sensor_id": "h1", "sensor_type": "humidity", "location": "loc-0", "value": 40.0, "event_time": start, "is_anomaly": False})
+    rows = pl.DataFrame(readings).with_columns(pl.col("event_time").dt.cast_time_unit("us"))
+    five_minute = iot.gold_sensor_5m(rows)
+    assert (five_minute["count"] == 1).any()
+    daily = iot.gold_type_daily(five_minute)
+
+    for (sensor_type, day), group in rows.group_by("sensor_type", pl.col("event_time").dt.date()):
+        got = daily.filter((pl.col("sensor_type") == sensor_type) & (pl.col("day") == day)).row(0, named=True)
+        values = group["value"].to_list()
+        assert got["count"] == len(values) and got["distinct_sensors"] == group["sensor_id"].n_unique()
+        assert got["min"] == min(values) and got["max"] == max(values) and got["anomaly_count"] == group["is_anomaly"].sum()
+        assert got["avg"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+        assert got["stddev"] == (pytest.approx(statistics.stdev(values), rel=1e-12) if len(values) > 1 else None)
+    assert daily.height == 3  # temperature on two days, humidity on one
+    assert apply_contract(daily, IOT.gold[2].contract).ok
+    # The same rows in any order fold to the same bits (hours are read back in any order).
+    assert iot.gold_type_daily(five_minute.sample(fraction=1.0, shuffle=True, seed=1)).equals(daily)

@@ -118,11 +118,29 @@ def gold_location_hourly(spark, silver_rows: pl.DataFrame) -> pl.DataFrame:
     return pl.from_arrow(out.toArrow()).sort("hour_start", "location", "sensor_type")
 
 
-def gold_type_daily(spark, silver_rows: pl.DataFrame) -> pl.DataFrame:
+def gold_type_daily(spark, sensor_5m) -> pl.DataFrame:
+    """Folded from the day's 5-minute rows, as `assets.transforms.iot.gold_type_daily`."""
     from pyspark.sql import functions as F
 
-    df = _to_spark(spark, silver_rows).withColumn("day", F.to_date("event_time"))
-    out = df.groupBy("sensor_type", "day").agg(*_stats(F, False), F.countDistinct("sensor_id").cast("long").alias("distinct_sensors")).select(
-        "sensor_type", "day", "count", "avg", "min", "max", "stddev", "anomaly_count", "distinct_sensors"
+    df = (
+        _to_spark(spark, sensor_5m)
+        .withColumn("day", F.to_date("window_start"))
+        .withColumn("__m2", F.pow(F.coalesce(F.col("stddev"), F.lit(0.0)), 2) * (F.col("count") - 1))
+        .withColumn("__sum", F.col("avg") * F.col("count"))
     )
+    day = df.groupBy("sensor_type", "day").agg(
+        F.sum("count").cast("long").alias("count"), (F.sum("__sum") / F.sum("count")).alias("avg"), F.min("min").alias("min"),
+        F.max("max").alias("max"), F.sum("__m2").alias("__m2"), F.sum("anomaly_count").cast("long").alias("anomaly_count"),
+        F.countDistinct("sensor_id").cast("long").alias("distinct_sensors"),
+    )  # fmt: skip
+    spread = (
+        df.join(day.select("sensor_type", "day", F.col("avg").alias("__day_avg")), ["sensor_type", "day"])
+        .groupBy("sensor_type", "day")
+        .agg(F.sum(F.col("count") * F.pow(F.col("avg") - F.col("__day_avg"), 2)).alias("__between"))
+    )
+    out = day.join(spread, ["sensor_type", "day"]).select(
+        "sensor_type", "day", "count", "avg", "min", "max",
+        F.when(F.col("count") > 1, F.sqrt((F.col("__m2") + F.col("__between")) / (F.col("count") - 1))).alias("stddev"),
+        "anomaly_count", "distinct_sensors",
+    )  # fmt: skip
     return pl.from_arrow(out.toArrow()).sort("day", "sensor_type")

@@ -96,8 +96,9 @@ IOT = StreamSpec(
         ),
         GoldTable(
             name="type_daily",
-            description="Per sensor type per day: count, avg, min, max, stddev, anomalies, distinct sensors",
+            description="Per sensor type per day: count, avg, min, max, stddev, anomalies, distinct sensors (folded from the day's 5-minute rows)",
             partitions=DAILY,
+            source="sensor_5m",
             build=transforms.gold_type_daily,
             spark_build=spark_iot.gold_type_daily,
             contract=contracts.IotTypeDaily,
@@ -113,7 +114,7 @@ IOT = StreamSpec(
                 anomaly_count Int64,
                 distinct_sensors Int64""",
             order_by="(sensor_type, day)",
-            reads=transforms.GOLD_READS,
+            reads=transforms.TYPE_DAILY_READS,
         ),
     ),
 )
