@@ -13,6 +13,7 @@ BENCHES = [
     ["backfill.py", "--days", "7", "--events-per-partition", "100000"],
     ["freshness.py", "--rate", "1000", "--duration", "600"],
     ["micro_batch.py"],
+    ["daily_rollup.py"],
     ["backlog.py", "--events", "1000000"],
     ["dev.py", "--minutes", "10"],
     ["broker_endurance.py", "--hours", "1", "--live-s", "60"],
