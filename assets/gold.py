@@ -17,7 +17,7 @@ from assets.partitions import window
 from assets.promotion import check_result, contract_check_spec, lake_metadata, sample_markdown
 from assets.silver import derive_silver_rows
 from assets.spec import GoldTable, SilverContext, StreamSpec
-from assets.gold_windows import KEPT, KeptPartition, by_window, recompute
+from assets.gold_windows import KEPT, KeptPartition, kept_windows, recompute
 from assets.silver import BLOCKED, DEFERRED, PUBLISHED
 from resources.faults import failpoint
 from resources.locks import LockBusy
@@ -175,7 +175,7 @@ def _derive(spec: StreamSpec, table: GoldTable, lake: LakeResource, spark: Spark
         source_rows = rows_in.height
         rows = table.spark_build(spark.session(), rows_in) if engine == "spark" else table.build(rows_in)
         if keep and table.window and table.reads and table.partitions == spec.partitions:
-            windows = by_window(table, rows_in)
+            windows = kept_windows(table, rows_in)
     failpoint("gold.after_read")
     return _Derived(source, source_version, source_files, source_keys, source_rows, gold_snapshot, rows, engine, read_from, windows)
 

@@ -43,6 +43,10 @@ class GoldTable:
     # micro-batch falls in, from Silver rows it keeps in memory (`assets/gold_windows.py`).
     window: str | None = None
     reads: tuple[str, ...] = ()
+    # Optional, with `window`: (state or None, a window's new Silver rows) -> (state, the window's Gold rows as
+    # `build` gives them for all its rows). A stream run then keeps each window's state instead of its rows
+    # and never aggregates a window again (an hour's window would otherwise be the whole partition).
+    extend_window: Callable | None = None
     # A rollup of another Gold table of the stream (its `name`, of a finer grain), built from that table's rows
     # in its time window instead of Silver's: a day of 5-minute rows, not a day of readings. `reads` then
     # names the source table's columns.

@@ -175,3 +175,34 @@ def test_the_daily_rollup_folded_from_5_minute_rows_equals_the_statistics_of_the
     assert apply_contract(daily, IOT.gold[2].contract).ok
     # The same rows in any order fold to the same bits (hours are read back in any order).
     assert iot.gold_type_daily(five_minute.sample(fraction=1.0, shuffle=True, seed=1)).equals(daily)
+
+
+def test_an_hour_extended_batch_by_batch_equals_the_hourly_table_built_from_all_its_rows():
+    """What a stream run keeps of the open hour for `location_hourly`: batch after batch (a location and type
+    first seen in a later batch, one seen once), the same rows as a build over all of them."""
+    import random
+
+    rnd = random.Random(11)
+    hour = datetime(2026, 11, 20, 7, tzinfo=timezone.utc)
+
+    def batch(n: int, first: int, groups: int) -> pl.DataFrame:
+        return pl.DataFrame(
+            [{"sensor_id": f"s{(first + i) % 9}", "sensor_type": ["temperature", "humidity"][i % 2], "location": f"loc-{i % groups}",
+              "event_time": hour + timedelta(seconds=rnd.uniform(0, 3599)), "value": round(rnd.gauss(20, 4), 4), "is_anomaly": rnd.random() < 0.1}
+             for i in range(n)]  # fmt: skip
+        ).with_columns(pl.col("event_time").dt.cast_time_unit("us"))
+
+    batches = [batch(500, 0, 2), batch(300, 7, 3), batch(1, 3, 1).with_columns(location=pl.lit("loc-9")), batch(400, 2, 3)]
+    state, seen = None, []
+    for rows in batches:
+        before = state
+        state, built = iot.extend_location_hourly(state, rows)
+        seen.append(rows)
+        expected = iot.gold_location_hourly(pl.concat(seen))
+        exact = [c for c in expected.columns if c not in ("avg", "stddev")]
+        assert built.select(exact).equals(expected.select(exact)) and built.schema == expected.schema
+        assert ((built["avg"] - expected["avg"]).abs() < 1e-12).all()
+        assert built["stddev"].is_null().equals(expected["stddev"].is_null())
+        assert ((built["stddev"] - expected["stddev"]).abs() < 1e-12).all()
+        assert before is None or sum(map(len, before.values.values())) == sum(r.height for r in seen[:-1])  # left as it was
+    assert built.filter(pl.col("location") == "loc-9")["stddev"].to_list() == [None]

@@ -93,6 +93,7 @@ IOT = StreamSpec(
             order_by="(location, sensor_type, hour_start)",
             window="1h",
             reads=transforms.GOLD_READS,
+            extend_window=transforms.extend_location_hourly,
         ),
         GoldTable(
             name="type_daily",

@@ -5,8 +5,10 @@ The rules are DESIGN.md's, stated precisely so another engine can reproduce the 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from assets.contracts.iot import EXPECTED_BAND, NOMINAL_INTERVAL_S
@@ -160,6 +162,59 @@ def gold_location_hourly(silver_rows: pl.DataFrame) -> pl.DataFrame:
         )  # fmt: skip
         .sort("hour_start", "location", "sensor_type")
     )
+
+
+@dataclass
+class HourGroups:
+    """One hour of `gold_location_hourly` as a stream run extends it: each (location, sensor_type)'s values
+    kept sorted (exact percentiles without sorting the hour again), its sensors and its anomalies."""
+
+    hour_start: datetime
+    values: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    sensors: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    anomalies: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def _linear_quantile(ordered: np.ndarray, q: float) -> float:
+    """polars' quantile(q, interpolation="linear") of sorted values, to the bit."""
+    at = (len(ordered) - 1) * q
+    lo, hi = int(np.floor(at)), int(np.ceil(at))
+    return float(ordered[lo]) if lo == hi else float(ordered[lo] + (ordered[hi] - ordered[lo]) * (at - lo))
+
+
+def extend_location_hourly(groups: HourGroups | None, rows: pl.DataFrame) -> tuple[HourGroups, pl.DataFrame]:
+    """`groups` (None: an empty hour) with the hour's new Silver `rows` (`GOLD_READS`), and the hour's Gold
+    rows: what `gold_location_hourly` gives for all of the hour's rows (count, extremes, percentiles and
+    distinct sensors exactly; mean and stddev up to float rounding). Costs a merge of the new values into
+    each group's sorted ones, not a sort of the hour."""
+    # A new state (the one given is left as it was: its batch may yet fail to publish).
+    if groups is None:
+        groups = HourGroups(rows["event_time"].dt.truncate("1h").min())
+    groups = HourGroups(groups.hour_start, dict(groups.values), dict(groups.sensors), dict(groups.anomalies))
+    for (location, sensor_type), part in rows.partition_by("location", "sensor_type", as_dict=True).items():
+        key = (location, sensor_type)
+        new = np.sort(part["value"].to_numpy())
+        old = groups.values.get(key)
+        # Two sorted runs: the stable sort (timsort) merges them in linear time.
+        groups.values[key] = new if old is None else np.sort(np.concatenate([old, new]), kind="stable")
+        groups.sensors[key] = groups.sensors.get(key, set()) | set(part["sensor_id"].unique().to_list())
+        groups.anomalies[key] = groups.anomalies.get(key, 0) + int(part["is_anomaly"].sum())
+    out = []
+    for key, ordered in groups.values.items():
+        n = len(ordered)
+        out.append({
+            "location": key[0], "sensor_type": key[1], "hour_start": groups.hour_start, "count": n,
+            "avg": float(ordered.mean()), "min": float(ordered[0]), "max": float(ordered[-1]),
+            "stddev": float(ordered.std(ddof=1)) if n > 1 else None,
+            "p50": _linear_quantile(ordered, 0.5), "p95": _linear_quantile(ordered, 0.95), "p99": _linear_quantile(ordered, 0.99),
+            "anomaly_count": groups.anomalies[key], "distinct_sensors": len(groups.sensors[key]),
+        })  # fmt: skip
+    schema = {
+        "location": pl.String, "sensor_type": pl.String, "hour_start": rows.schema["event_time"], "count": pl.Int64,
+        **dict.fromkeys(("avg", "min", "max", "stddev", "p50", "p95", "p99"), pl.Float64), "anomaly_count": pl.Int64,
+        "distinct_sensors": pl.Int64,
+    }  # fmt: skip
+    return groups, pl.DataFrame(out, schema=schema).sort("hour_start", "location", "sensor_type")
 
 
 # The 5-minute Gold columns the daily rollup folds: a day's readings reach 86M at 1,000 events/s, its
