@@ -126,8 +126,11 @@ def stream_assets(spec) -> dict[str, list[str]]:
         keys.bronze_key(spec).path[0]: [keys.topic_key(spec).path[0]],
         keys.silver_key(spec).path[0]: [keys.bronze_key(spec).path[0]],
     }
+    gold = {t.name: t for t in spec.gold}
     for table in spec.gold:
-        deps[keys.gold_key(spec, table).path[0]] = [keys.silver_key(spec).path[0]]
+        # A rollup (`GoldTable.source`) depends on the Gold table it folds, the others on Silver.
+        upstream = keys.gold_key(spec, gold[table.source]) if table.source else keys.silver_key(spec)
+        deps[keys.gold_key(spec, table).path[0]] = [upstream.path[0]]
         deps[keys.warehouse_key(spec, table).path[0]] = [keys.gold_key(spec, table).path[0]]
     return deps
 
