@@ -470,9 +470,13 @@ def main(argv: list[str] | None = None) -> int:
     from deltalake.exceptions import DeltaError
 
     from resources.lake import CommitConflict, LakeUnavailableError
+    from resources.settings import SettingsError
 
     try:
         return args.fn(args)
+    except SettingsError as exc:  # a setting the user gave: one line, which and what to set
+        print(f"medallion {args.cmd}: {exc}", file=sys.stderr)
+        return 2
     except (LakeUnavailableError, CommitConflict, DeltaError) as exc:  # the lake said no: one line, what to do
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"medallion {args.cmd}: {first}", file=sys.stderr)

@@ -46,6 +46,24 @@ class Settings:
         return self.home / "run"
 
 
+class SettingsError(ValueError):
+    """An environment variable the platform reads holds a value it cannot use (the message says which)."""
+
+
+def _number(name: str, default: float, kind: type, least: float) -> float:
+    raw = os.environ.get(name) or ""
+    if not raw.strip():
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < least or value != value:  # NaN compares unequal to itself
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {what} of seconds, at least {least:g} (it is {raw!r}): set it so, or unset it for the default {default:g}")
+    return value
+
+
 def load_settings() -> Settings:
     home = Path(os.environ.get("MEDALLION_HOME") or REPO_ROOT / ".medallion").resolve()
     return Settings(
@@ -53,6 +71,6 @@ def load_settings() -> Settings:
         kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
         postgres_url=os.environ.get("MEDALLION_POSTGRES_URL") or None,
         lake_location=os.environ.get("MEDALLION_LAKE_URI") or None,
-        stream_for_s=float(os.environ.get("MEDALLION_STREAM_FOR_S") or 600),
-        automation_every_s=int(os.environ.get("MEDALLION_AUTOMATION_EVERY_S") or 15),
+        stream_for_s=_number("MEDALLION_STREAM_FOR_S", 600.0, float, 0),
+        automation_every_s=_number("MEDALLION_AUTOMATION_EVERY_S", 15, int, 1),
     )
