@@ -85,7 +85,8 @@ def build_bronze(spec: StreamSpec, follow=None) -> dg.AssetsDefinition:
     run); records land in whichever event-time partitions they belong to, and every other partition touched
     gets its own materialization event, so automation re-derives late hours too.
 
-    `follow(context, lake, warehouse, spark, touched partitions, in_full={own partition})`: what a stream run does
+    `follow(context, lake, warehouse, spark, touched partitions, in_full={own partition}, offsets=Bronze's
+    committed offsets after the batch)`: what a stream run does
     with each micro-batch after committing it (yields the events of the layers it materializes).
     """
     rules = bronze_rules(spec)
@@ -115,7 +116,7 @@ def build_bronze(spec: StreamSpec, follow=None) -> dg.AssetsDefinition:
             pending = unannounced_commits(context.instance, spec, lake, context.run_id)
             failpoint("ingest.after_recover")
             if config.stream_for_s > 0 and follow is not None:
-                yield from _stream(context, spec, rules, pk_expr, config, kafka, lake, pending, lambda touched: follow(context, lake, warehouse, spark, touched, in_full={own}))
+                yield from _stream(context, spec, rules, pk_expr, config, kafka, lake, pending, lambda touched, offsets: follow(context, lake, warehouse, spark, touched, in_full={own}, offsets=offsets))
                 return
             parts = kafka.partitions(spec.topic)
             snapshot = IngestSnapshot.load(lake, spec, parts)
@@ -164,6 +165,7 @@ def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: Inge
                 raise dg.Failure(description=str(exc), allow_retries=False) from exc
             checked_at = time.monotonic()
         committed = _ingest(context, spec, rules, pk_expr, kafka, lake, snapshot, config.max_records, quiet=True)
+        offsets = dict(snapshot.start)
         if committed is not None:
             snapshot = None
         commits = pending + ([committed] if committed is not None else [])
@@ -172,7 +174,9 @@ def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: Inge
             events: list = []
             announce(context, spec, kafka, lake, commits, None, emit=events.append)
             yield from events
-            yield from follow(sorted({pk for c in commits for pk in c.partitions}))
+            for c in commits:
+                offsets.update({kp: end for kp, (_, end) in c.ranges.items()})
+            yield from follow(sorted({pk for c in commits for pk in c.partitions}), offsets)
             unreported += commits
             batches += 1
             records += sum(sum(c.partitions.values()) + c.dead_letter_rows for c in commits)

@@ -14,7 +14,7 @@ import dagster as dg
 
 from assets import keys
 from assets.spec import StreamSpec
-from assets.streaming import carry_to_gold, load_days
+from assets.streaming import carry_to_gold, load_warehouse
 from resources.lake import LakeResource
 from resources.spark import SparkEngine
 from resources.warehouse import WarehouseResource
@@ -66,8 +66,8 @@ def build_catch_up_job(spec: StreamSpec) -> dg.JobDefinition:
             gold, latest = yield from _holding_failures(carry_to_gold(context, spec, lake, spark, [pk], in_full={pk}, wait=True, rollups=False), pk, failed)
             published += gold
             newest = max(filter(None, [newest, latest]), default=None)
-        # Each warehouse day once, after all of its hours (a load swaps the whole day).
-        yield from load_days(spec, lake, warehouse, published, newest, wait=True)
+        # Each warehouse partition once, after all of the Gold it holds (the daily rollup: after its hours).
+        yield from load_warehouse(spec, lake, warehouse, published, newest, wait=True)
         context.log.info(f"carried {len(partitions)} {spec.name} partitions: {partitions[0]} … {partitions[-1]}")
         if failed:
             # Failed contract checks are reported last: a run's latest evaluation of a check is what the UI,

@@ -17,7 +17,7 @@ What is removed, per stream whose subject kind matches:
 - The history each Silver partition hands to the next (`StreamSpec.history`, e.g. a sensor's last readings):
   the subject's rows, by the same column.
 - Gold partitions fed by a rewritten Silver partition (or holding the subject) are re-derived from the
-  rewritten Silver with the table's own builder and contract, and the warehouse days holding them are
+  rewritten Silver with the table's own builder and contract, and the warehouse partitions holding them are
   swapped from Gold with the load the warehouse assets use, rollups included.
 
 Only data files holding the subject are rewritten (one Delta commit per table: those files out, the rest of
@@ -28,7 +28,7 @@ file names the subject. Kafka cannot be erased by us: records stay in the source
 their retention expires (Bronze's committed offsets keep them from being read again).
 
 Order and crashes: everything is planned first (replacement files written, uncommitted, Gold re-derived and
-checked by its contract), then committed derived layers first (Gold, the warehouse days, history,
+checked by its contract), then committed derived layers first (Gold, the warehouse partitions, history,
 quarantine, Silver, dead-letter, Bronze), so a crash leaves the sources still holding the subject, and
 the same request run again finds it and finishes the job. An `_erasure/<id>.json` marker (kind and keyed
 hash only) says an erasure is under way; every commit records its erasure id and rows removed, so a crash
@@ -68,7 +68,7 @@ from assets.history import HISTORY_TABLE, histories_lock
 from assets.partitions import window
 from assets.silver import silver_lock
 from assets.spec import StreamSpec
-from assets.warehouse import day_gold_keys, load_day, warehouse_lock
+from assets.warehouse import gold_key_of, load_warehouse_partition, warehouse_lock, warehouse_partition
 from resources.delta import PARTITION_COLUMN, DataFiles
 from resources.faults import failpoint
 from resources.lake import LakeResource, LakeTable, RowDelete, bronze_table, dead_letter_table
@@ -206,8 +206,8 @@ class _Plan:
     erasure_id: str
     entry: dict  # the audit entry, completed as the plan is carried out
     changes: list[_Change] = field(default_factory=list)
-    warehouse: list[dict] = field(default_factory=list)  # {"stream", "table", "day", "gold_keys", "before"}
-    rollups: list[dict] = field(default_factory=list)  # {"rollup", "month", "before"}: refreshed by the day loads
+    warehouse: list[dict] = field(default_factory=list)  # {"stream", "table", "partition", "gold_keys", "before"}
+    rollups: list[dict] = field(default_factory=list)  # {"rollup", "month", "before"}: refreshed by the partition loads
 
     def count(self, layer: str, table: str, rows: int, partition: str) -> None:
         self.entry["removed"].setdefault(layer, {})[table] = self.entry["removed"].get(layer, {}).get(table, 0) + rows
@@ -332,8 +332,8 @@ def _ddl_columns(columns_ddl: str) -> set[str]:
 
 
 def _plan_warehouse(plan: _Plan, spec: StreamSpec, table, m: _Match, gold_pks: list[str], locks: ExitStack, warehouse: WarehouseResource) -> None:
-    """The warehouse days to swap from Gold: those of rewritten Gold partitions that are loaded, and any day
-    that still holds the subject. Their rollup months are refreshed by the same load."""
+    """The warehouse partitions to swap from Gold: those of rewritten Gold partitions that are loaded, and any
+    partition that still holds the subject. Their rollup months are refreshed by the same load."""
     name = keys.warehouse_table(spec, table)
     plan.entry["removed"].setdefault("warehouse", {})[name] = 0
     for r in table.rollups:
@@ -341,23 +341,21 @@ def _plan_warehouse(plan: _Plan, spec: StreamSpec, table, m: _Match, gold_pks: l
     existing = {r["name"] for r in warehouse.query_arrow("SELECT name FROM system.tables WHERE database = currentDatabase()").to_pylist()}
     if name not in existing:
         return
-    days = {day_gold_keys(table, pk)[0] for pk in gold_pks}
+    parts = {warehouse_partition(table, pk)[0] for pk in gold_pks}
     if spec.subject.column in _ddl_columns(table.columns_ddl):
         held = warehouse.query_arrow(f"SELECT DISTINCT _partition_id AS p FROM {name} WHERE {spec.subject.column} = {_sql_str(m.value)}")
-        days |= {str(p) for p in held.column("p").to_pylist()}
-    for day in sorted(days):
-        locks.enter_context(warehouse_lock(plan.lake, spec, table, day))
-        before = _partition_rows(warehouse, name, day)
+        parts |= {str(p) for p in held.column("p").to_pylist()}
+    for part in sorted(parts):
+        locks.enter_context(warehouse_lock(plan.lake, spec, table, part))
+        before = _partition_rows(warehouse, name, part)
         if not before:
             continue  # not loaded yet: its load will read the rewritten Gold
-        start = datetime.strptime(day, "%Y%m%d").replace(tzinfo=timezone.utc)
-        pk = table.partitions.get_partition_key_for_timestamp(start.timestamp())
-        _, gold_keys = day_gold_keys(table, pk)
-        plan.warehouse.append({"stream": spec.name, "table": table.name, "day": day, "gold_keys": gold_keys, "before": before})
+        _, gold_keys = warehouse_partition(table, gold_key_of(table, part))
+        plan.warehouse.append({"stream": spec.name, "table": table.name, "partition": part, "gold_keys": gold_keys, "before": before})
         for r in table.rollups:
-            if not any(x["rollup"] == r.name and x["month"] == day[:6] for x in plan.rollups):
-                month_rows = _partition_rows(warehouse, r.name, day[:6]) if r.name in existing else 0
-                plan.rollups.append({"rollup": r.name, "month": day[:6], "before": month_rows})
+            if not any(x["rollup"] == r.name and x["month"] == part[:6] for x in plan.rollups):
+                month_rows = _partition_rows(warehouse, r.name, part[:6]) if r.name in existing else 0
+                plan.rollups.append({"rollup": r.name, "month": part[:6], "before": month_rows})
 
 
 def _partition_rows(warehouse: WarehouseResource, table: str, partition_id: str) -> int:
@@ -410,9 +408,9 @@ def _reload_warehouse(lake: LakeResource, warehouse: WarehouseResource, by_name:
         spec = by_name[w["stream"]]
         table = next(t for t in spec.gold if t.name == w["table"])
         name = keys.warehouse_table(spec, table)
-        after = load_day(spec, table, lake, warehouse, w["day"], w["gold_keys"])
+        after = load_warehouse_partition(spec, table, lake, warehouse, w["partition"], w["gold_keys"])
         entry["removed"]["warehouse"][name] += w["before"] - after
-        entry["partitions"].setdefault("warehouse", {}).setdefault(name, []).append(w["day"])
+        entry["partitions"].setdefault("warehouse", {}).setdefault(name, []).append(w["partition"])
         failpoint("erasure.mid_warehouse")
     for r in plan.rollups:
         entry["removed"]["warehouse"][r["rollup"]] += r["before"] - _partition_rows(warehouse, r["rollup"], r["month"])

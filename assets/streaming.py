@@ -20,7 +20,7 @@ from assets.gold import gold_partition
 from assets.promotion import freshness_metadata
 from assets.silver import DEFERRED, PUBLISHED, SilverConfig, silver_partition
 from assets.spec import GoldTable, StreamSpec
-from assets.warehouse import day_gold_keys, load_partition
+from assets.warehouse import ensure_warehouse_tables, load_partition, warehouse_partition
 
 
 def as_event(result, partition: str):
@@ -88,32 +88,37 @@ def carry_to_gold(context, spec: StreamSpec, lake, spark, touched: list[str], in
     return published, newest
 
 
-def load_days(spec: StreamSpec, lake, warehouse, published: list[tuple[GoldTable, str]], newest, *, wait: bool = False) -> Iterator:
-    """Load the warehouse days of published Gold partitions, each day once (a load swaps the whole day), and
-    report a load of each partition; without `wait`, one whose day another process is loading is left to
-    automation."""
-    days: dict[tuple[str, str], list[tuple[GoldTable, str]]] = {}
+def load_warehouse(spec: StreamSpec, lake, warehouse, published: list[tuple[GoldTable, str]], newest, *, wait: bool = False, offsets: dict[int, int] | None = None) -> Iterator:
+    """Load the warehouse partitions of published Gold partitions, each once, and report a load of each Gold
+    partition; without `wait`, one another process is loading is left to automation. `offsets` (a stream
+    run's): Bronze's committed Kafka offsets the loads reflect, reported as `kafka_offsets`."""
+    parts: dict[tuple[str, str], list[tuple[GoldTable, str]]] = {}
     for table, gpk in published:
-        days.setdefault((table.name, day_gold_keys(table, gpk)[0]), []).append((table, gpk))
-    if not days:
+        parts.setdefault((table.name, warehouse_partition(table, gpk)[0]), []).append((table, gpk))
+    if not parts:
         return
-    # One session for all the loads (chDB opens once), unless they wait for day locks: a load takes its day's
-    # lock before the warehouse, and holding the warehouse while waiting would invert that order.
+    for table in {t.name: t for t, _ in published}.values():
+        ensure_warehouse_tables(spec, table, lake, warehouse)
+    # One session for all the loads (chDB opens once), unless they wait for partition locks: a load takes its
+    # partition's lock before the warehouse, and holding the warehouse while waiting would invert that order.
     with contextlib.nullcontext() if wait else warehouse.client():
-        loaded = [(group, load_partition(spec, group[0][0], lake, warehouse, group[0][1], wait=wait)) for group in days.values()]
+        loaded = [(group, load_partition(spec, group[0][0], lake, warehouse, group[0][1], wait=wait)) for group in parts.values()]
     for group, result in loaded:
         if result is None:
             continue
         for _, gpk in dict.fromkeys(group):
             # Kafka -> visible in ClickHouse, for the newest record carried.
-            yield as_event(dg.MaterializeResult(asset_key=result.asset_key, metadata={**result.metadata, **freshness_metadata(newest)}), gpk)
+            metadata = {**result.metadata, **freshness_metadata(newest)}
+            if offsets is not None:
+                metadata["kafka_offsets"] = dg.MetadataValue.json({str(kp): o for kp, o in sorted(offsets.items())})
+            yield as_event(dg.MaterializeResult(asset_key=result.asset_key, metadata=metadata), gpk)
 
 
 def follower(spec: StreamSpec):
     """`follow` for `build_bronze(spec, follow)`: carries the partitions a micro-batch touched downstream."""
 
-    def follow(context, lake, warehouse, spark, touched: list[str], in_full: Collection[str]) -> Iterator:
+    def follow(context, lake, warehouse, spark, touched: list[str], in_full: Collection[str], offsets: dict[int, int]) -> Iterator:
         published, newest = yield from carry_to_gold(context, spec, lake, spark, touched, in_full)
-        yield from load_days(spec, lake, warehouse, published, newest)
+        yield from load_warehouse(spec, lake, warehouse, published, newest, offsets=offsets)
 
     return follow

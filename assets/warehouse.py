@@ -1,8 +1,12 @@
-"""Warehouse: each Gold table loaded into ClickHouse, one whole day-partition swapped atomically per load."""
+"""Warehouse: each Gold table loaded into ClickHouse, one table partition swapped atomically per load.
+
+A table's ClickHouse partitions have the grain of its Gold partitions (an hour, or a day), so a micro-batch
+swaps only the hour it touched: its cost is the hour's Gold rows, not the day's so far.
+"""
 
 
 import re
-from datetime import timedelta
+from datetime import datetime, timezone
 
 import dagster as dg
 import polars as pl
@@ -10,17 +14,29 @@ import pyarrow as pa
 
 from assets import keys
 from assets.automation import FOLLOW_GOLD
-from assets.partitions import window
+from assets.partitions import truncate_unit, window
 from assets.spec import GoldTable, StreamSpec
 from resources.lake import LakeResource, LakeTable
 from resources.locks import LockBusy
 from resources.warehouse import WarehouseResource
 
 
-def table_ddl(spec: StreamSpec, table: GoldTable) -> str:
+# ClickHouse partition expression and partition id (of the window's start) per Gold grain.
+_PARTITIONING = {
+    "1h": ("toYYYYMMDD({c}) * 100 + toHour({c})", "%Y%m%d%H"),
+    "1d": ("toYYYYMMDD({c})", "%Y%m%d"),
+}
+
+
+def partition_by(table: GoldTable) -> str:
+    return _PARTITIONING[truncate_unit(table.partitions)][0].format(c=table.time_column)
+
+
+def table_ddl(spec: StreamSpec, table: GoldTable, name: str | None = None) -> str:
+    """The table's DDL (under `name`, default its own)."""
     return (
-        f"CREATE TABLE IF NOT EXISTS {keys.warehouse_table(spec, table)} ({table.columns_ddl.strip()}\n) "
-        f"ENGINE = MergeTree PARTITION BY toYYYYMMDD({table.time_column}) ORDER BY {table.order_by}"
+        f"CREATE TABLE IF NOT EXISTS {name or keys.warehouse_table(spec, table)} ({table.columns_ddl.strip()}\n) "
+        f"ENGINE = MergeTree PARTITION BY {partition_by(table)} ORDER BY {table.order_by}"
         + (f" TTL {table.ttl}" if table.ttl else "")
     )
 
@@ -52,28 +68,49 @@ def load_frame(table: GoldTable, rows: pl.DataFrame) -> pa.Table:
     return rows.with_columns(pl.col(low_card).cast(pl.Categorical)).to_arrow().combine_chunks()
 
 
-def day_gold_keys(table: GoldTable, partition_key: str) -> tuple[str, list[str]]:
-    """(ClickHouse partition id, the Gold partitions of that UTC day)."""
+def warehouse_partition(table: GoldTable, partition_key: str) -> tuple[str, list[str]]:
+    """(ClickHouse partition id, the Gold partitions it holds) for a Gold partition."""
     start, _ = window(table.partitions, partition_key)
-    day_start = start.replace(hour=0, minute=0, second=0, microsecond=0)
-    day_keys = table.partitions.get_partition_keys_in_time_window(dg.TimeWindow(day_start, day_start + timedelta(days=1)))
-    return day_start.strftime("%Y%m%d"), day_keys
+    _, id_format = _PARTITIONING[truncate_unit(table.partitions)]
+    return start.strftime(id_format), [partition_key]
 
 
-def warehouse_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, day_id: str, wait_s: float | None = None):
-    """Held while a day of a warehouse table is read from Gold and swapped (loads and erasures)."""
-    return lake.stream_lock(spec.name, f"warehouse-{keys.warehouse_table(spec, table)}-{day_id}", wait_s=wait_s)
+def gold_key_of(table: GoldTable, partition_id: str) -> str:
+    """The Gold partition a ClickHouse partition id stands for (`_partition_id` of its rows)."""
+    _, id_format = _PARTITIONING[truncate_unit(table.partitions)]
+    start = datetime.strptime(partition_id, id_format).replace(tzinfo=timezone.utc)
+    return table.partitions.get_partition_key_for_timestamp(start.timestamp())
 
 
-def load_day(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, day_id: str, gold_keys: list[str], gold_version: int | None = None) -> int:
-    """Swap one day of the table for the Gold partitions of that day (as of Gold `gold_version`, default the
-    latest), then refresh its rollups' month. The caller holds `warehouse_lock` for the day. Returns the rows loaded."""
+def warehouse_lock(lake: LakeResource, spec: StreamSpec, table: GoldTable, partition_id: str, wait_s: float | None = None):
+    """Held while a partition of a warehouse table is read from Gold and swapped (loads and erasures)."""
+    return lake.stream_lock(spec.name, f"warehouse-{keys.warehouse_table(spec, table)}-{partition_id}", wait_s=wait_s)
+
+
+def ensure_warehouse_tables(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource) -> None:
+    """Create the table and its rollups if missing; a table an older version partitioned by another
+    expression (by day, before hourly tables swapped hours) is rebuilt with its rows, in one swap."""
     name = keys.warehouse_table(spec, table)
     warehouse.ensure_tables(all_ddl(spec, table))
+    if warehouse.partitioning_checked(name):
+        return
+    # Taken with no warehouse session open (a chDB session is a lock of its own: the other order deadlocks).
+    with lake.stream_lock(spec.name, f"warehouse-{name}-repartition"):
+        staged = f"{name}__repartition"
+        warehouse.repartition(name, staged, table_ddl(spec, table, staged))
+
+
+def load_warehouse_partition(
+    spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, partition_id: str, gold_keys: list[str], gold_version: int | None = None
+) -> int:
+    """Swap one partition of the table for its Gold partitions (as of Gold `gold_version`, default the
+    latest), then refresh its rollups' month. The caller holds `warehouse_lock` for it. Returns the rows loaded."""
+    name = keys.warehouse_table(spec, table)
+    ensure_warehouse_tables(spec, table, lake, warehouse)
     rows = lake.read("gold", spec.name, table.name, gold_keys, version=gold_version)
-    loaded = warehouse.replace_partition(name, day_id, load_frame(table, rows)) if rows is not None else warehouse.drop_partition(name, day_id)
+    loaded = warehouse.replace_partition(name, partition_id, load_frame(table, rows)) if rows is not None else warehouse.drop_partition(name, partition_id)
     # A partition swap fires no materialized view: re-run each rollup's view query for its month.
-    month_id = day_id[:6]
+    month_id = partition_id[:6]
     for r in table.rollups:
         month_rows = f"(SELECT * FROM {name} WHERE toYYYYMM({table.time_column}) = {month_id})"
         warehouse.replace_partition_from_query(r.name, month_id, r.select.strip().format(source=month_rows))
@@ -103,16 +140,16 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
 
 
 def load_partition(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, partition_key: str, *, wait: bool = True) -> dg.MaterializeResult | None:
-    """Load the day of a Gold partition into its warehouse table; None if (without `wait`) another process
-    is loading that day."""
-    day_id, gold_keys = day_gold_keys(table, partition_key)
+    """Load a Gold partition into its warehouse table; None if (without `wait`) another process is loading
+    that partition."""
+    partition_id, gold_keys = warehouse_partition(table, partition_key)
     name = keys.warehouse_table(spec, table)
-    # Read and swap under one lock: two hours of the same day loading at once must not lose either.
+    # Read and swap under one lock: two loads of the same partition at once must not lose either's rows.
     gold = LakeTable("gold", spec.name, table.name)
     try:
-        with warehouse_lock(lake, spec, table, day_id, wait_s=None if wait else 0):
+        with warehouse_lock(lake, spec, table, partition_id, wait_s=None if wait else 0):
             gold_version = lake.version(gold)  # one snapshot of Gold: recorded, so the load can be repeated
-            loaded = load_day(spec, table, lake, warehouse, day_id, gold_keys, gold_version)
+            loaded = load_warehouse_partition(spec, table, lake, warehouse, partition_id, gold_keys, gold_version)
     except LockBusy:
         return None
     return dg.MaterializeResult(
@@ -120,8 +157,7 @@ def load_partition(spec: StreamSpec, table: GoldTable, lake: LakeResource, wareh
         metadata={
             "dagster/row_count": loaded,
             "table": name,
-            "clickhouse_partition": day_id,
-            "gold_partitions_in_day": len(gold_keys),
+            "clickhouse_partition": partition_id,
             "warehouse": warehouse.mode,
             "lake/sources": dg.MetadataValue.json({gold.name: gold_version}),
         },

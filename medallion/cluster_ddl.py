@@ -9,8 +9,8 @@ PARTITION BY, ORDER BY and TTL are the code's own text. Materialized views stay 
 The engines take no arguments: the server's `default_replica_path` and `default_replica_name` apply
 (`platform/clickhouse/config.d/cluster.xml` sets `/clickhouse/tables/{shard}/{database}/{table}` and
 `{replica}`: no `{uuid}`, which a plain `CREATE TABLE … AS …` rejects). So the scratch table of a load
-(`CREATE TABLE <table>__load_<day> AS <table>`, on the replica the loader is connected to) gets a path of
-its own, and the loader drops it with SYNC so its path is gone before the next load of that day.
+(`CREATE TABLE <table>__load_<partition> AS <table>`, on the replica the loader is connected to) gets a path of
+its own, and the loader drops it with SYNC so its path is gone before the next load of that partition.
 `platform/clickhouse/cluster.sql` is this module's output; a test fails if the two differ.
 """
 

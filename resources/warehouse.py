@@ -22,7 +22,11 @@ from resources.settings import load_settings
 
 
 _open = threading.local()  # where -> the client open in this thread (see WarehouseResource.client)
-_ensured: set[tuple[str, str]] = set()  # (where, DDL statement) run by this process
+_ensured: set[tuple] = set()  # (where, DDL statement) run by this process, (where, "partitioning", table) checked
+
+
+class WarehouseSchemaError(RuntimeError):
+    """A warehouse table exists in a shape this version cannot load into (and will not rebuild itself)."""
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -96,6 +100,37 @@ class WarehouseResource(dg.ConfigurableResource):
             for stmt in todo:
                 c.command(stmt)
                 _ensured.add((self._where, stmt))
+
+    def repartition(self, table: str, staged: str, staged_ddl: str) -> bool:
+        """If `table` is partitioned otherwise than `staged_ddl` (the same table under the name `staged`)
+        partitions it, rebuild it that way: its rows copied into `staged`, the two names exchanged in one
+        step (readers see the old or the new table), the old one dropped. A replicated table is the cluster
+        operator's to rebuild: an error says so. Checked once per process; True if it was rebuilt. The caller
+        serializes it per table."""
+        if self.partitioning_checked(table):
+            return False
+        about = "SELECT engine, partition_key FROM system.tables WHERE database = currentDatabase() AND name = {name:String}"
+        with self.client() as c:
+            c.command(f"DROP TABLE IF EXISTS {staged} SYNC")  # left by a rebuild that died half way
+            c.command(staged_ddl)
+            (engine, have), (_, want) = c.query(about, parameters={"name": table}).result_rows[0], c.query(about, parameters={"name": staged}).result_rows[0]
+            rebuild = have != want
+            if rebuild and engine.startswith("Replicated"):
+                c.command(f"DROP TABLE IF EXISTS {staged} SYNC")
+                raise WarehouseSchemaError(
+                    f"warehouse table {table} is partitioned by {have}, this version loads it by {want}: "
+                    "rebuild it on the cluster with the new DDL (python -m medallion.cluster_ddl), then load again"
+                )
+            if rebuild:
+                # Months of hours in one insert: past the default cap of 100 partitions per block.
+                c.command(f"INSERT INTO {staged} SELECT * FROM {table}", settings={"max_partitions_per_insert_block": 0})
+                c.command(f"EXCHANGE TABLES {table} AND {staged}")
+            c.command(f"DROP TABLE IF EXISTS {staged} SYNC")
+        _ensured.add((self._where, "partitioning", table))
+        return rebuild
+
+    def partitioning_checked(self, table: str) -> bool:
+        return (self._where, "partitioning", table) in _ensured
 
     def replace_partition(self, table: str, partition_id: str, data: pa.Table) -> int:
         """Swap one whole table partition for `data`, atomically: readers see the old or the new rows.

@@ -24,7 +24,7 @@ def test_settings_take_their_defaults_when_unset_or_empty(monkeypatch):
     monkeypatch.delenv("MEDALLION_STREAM_FOR_S", raising=False)
     monkeypatch.setenv("MEDALLION_AUTOMATION_EVERY_S", "")
     settings = load_settings()
-    assert (settings.stream_for_s, settings.automation_every_s) == (600.0, 15)
+    assert (settings.stream_for_s, settings.automation_every_s) == (3600.0, 15)
 
 
 def test_the_cli_says_which_setting_in_one_line_and_exits_non_zero(medallion_home):

@@ -71,6 +71,9 @@ def test_a_stream_run_makes_each_micro_batch_visible_while_it_runs(spec, resourc
         assert len(instance.fetch_materializations(dg.AssetKey(key), limit=50).records) >= 3, key
     loads = instance.fetch_materializations(dg.AssetKey("warehouse_iot_sensor_5m"), limit=50).records
     assert all(0 <= r.asset_materialization.metadata["freshness_s"].value < 10 for r in loads)  # Kafka -> ClickHouse
+    # Each load says how far into the topic the warehouse is (the bad record, a dead letter, loads nothing).
+    offsets = [sum(r.asset_materialization.metadata["kafka_offsets"].value.values()) for r in loads]
+    assert offsets == sorted(offsets, reverse=True) and offsets[0] == produced, offsets
     # One contract check per micro-batch in the run's log; the check's latest execution passed (automation
     # reads that one: a skipped or failed one would hold back what follows Silver).
     evaluations = [e for e in holder["result"].get_asset_check_evaluations() if e.asset_key == dg.AssetKey("silver_iot")]

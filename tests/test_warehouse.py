@@ -3,6 +3,7 @@
 import threading
 from datetime import datetime, timezone
 
+import dagster as dg
 import pyarrow as pa
 
 from assets.streams.iot import IOT
@@ -57,21 +58,89 @@ def test_concurrent_loads_wait_for_the_lock_instead_of_failing(resources):
     assert wh.count("iot_type_daily") == 12
 
 
-def test_ddl_is_day_partitioned_mergetree(resources):
+def test_ddl_partitions_each_table_by_its_gold_grain(resources):
+    """Hourly Gold tables swap an hour at a time (a micro-batch's load costs its hour, not the day so far)."""
     wh = resources["warehouse"]
     wh.ensure_tables([table_ddl(IOT, t) for t in IOT.gold])
     got = wh.query_arrow(
         "SELECT name, engine, partition_key FROM system.tables WHERE database = currentDatabase() ORDER BY name"
     ).to_pylist()
-    assert [(r["name"], r["engine"]) for r in got] == [
-        ("iot_location_hourly", "MergeTree"), ("iot_sensor_5m", "MergeTree"), ("iot_type_daily", "MergeTree"),
+    assert [(r["name"], r["engine"], r["partition_key"]) for r in got] == [
+        ("iot_location_hourly", "MergeTree", "(toYYYYMMDD(hour_start) * 100) + toHour(hour_start)"),
+        ("iot_sensor_5m", "MergeTree", "(toYYYYMMDD(window_start) * 100) + toHour(window_start)"),
+        ("iot_type_daily", "MergeTree", "toYYYYMMDD(day)"),
     ]  # fmt: skip
-    assert all(r["partition_key"].startswith("toYYYYMMDD") for r in got)
 
 
-def test_a_day_read_from_many_gold_files_loads_with_low_cardinality_dictionaries(resources):
-    """A day of hourly Gold files concatenates into a multi-chunk frame; each chunk's strings differ, and
-    the load must still send one dictionary per LowCardinality column."""
+def _parts(wh, table: str) -> dict[str, list[str]]:
+    got = wh.query_arrow(f"SELECT partition_id, name FROM system.parts WHERE active AND database = currentDatabase() AND table = '{table}' ORDER BY name")
+    out: dict[str, list[str]] = {}
+    for r in got.to_pylist():
+        out.setdefault(r["partition_id"], []).append(r["name"])
+    return out
+
+
+def test_a_load_swaps_only_the_hour_it_loads(spec, resources, instance, kafka):
+    """Readings in two hours of one day, then more in the second: its reload leaves the first hour's parts
+    as they were and loads the second hour's rows only."""
+    from medallion.driver import drive
+    from tests.conftest import produce, reading
+    from tests.helpers import definitions
+
+    at = lambda h, i: datetime(2026, 11, 20, h, (i * 7) % 60, i % 60, tzinfo=timezone.utc)  # noqa: E731
+    produce(kafka, spec.topic, [reading(i, at(10 + i % 2, i), sensor=i % 4) for i in range(40)])
+    defs = definitions(spec, resources)
+    assert not drive(defs, instance, (spec,), timeout_s=300).failed_runs
+    wh = resources["warehouse"]
+    before = _parts(wh, "iot_sensor_5m")
+    assert set(before) == {"2026112010", "2026112011"}
+
+    produce(kafka, spec.topic, [reading(100 + i, at(11, 30 + i), sensor=i % 4) for i in range(20)])
+    assert not drive(defs, instance, (spec,), timeout_s=300).failed_runs
+    after = _parts(wh, "iot_sensor_5m")
+    assert after["2026112010"] == before["2026112010"]  # not rewritten
+    assert after["2026112011"] != before["2026112011"]
+    counts = {r["p"]: r["n"] for r in wh.query_arrow("SELECT _partition_id AS p, sum(count) AS n FROM iot_sensor_5m GROUP BY p").to_pylist()}
+    assert counts == {"2026112010": 20, "2026112011": 40}
+    loads = instance.fetch_materializations(dg.AssetKey("warehouse_iot_sensor_5m"), limit=1).records
+    hour_rows = wh.query_arrow("SELECT count() AS n FROM iot_sensor_5m WHERE _partition_id = '2026112011'").column("n")[0].as_py()
+    newest = loads[0].asset_materialization
+    assert newest.partition == "2026-11-20-11:00" and newest.metadata["dagster/row_count"].value == hour_rows
+    assert newest.metadata["clickhouse_partition"].value == "2026112011"
+
+
+def test_a_table_an_older_version_partitioned_by_day_is_rebuilt_by_hour_with_its_rows(resources):
+    import polars as pl
+
+    from assets.warehouse import ensure_warehouse_tables, load_frame
+
+    table = next(t for t in IOT.gold if t.name == "location_hourly")
+    wh, lake = resources["warehouse"], resources["lake"]
+    by_day = table_ddl(IOT, table).replace("PARTITION BY toYYYYMMDD(hour_start) * 100 + toHour(hour_start)", "PARTITION BY toYYYYMMDD(hour_start)")
+    assert by_day != table_ddl(IOT, table)
+    wh.ensure_tables([by_day])
+    day = pl.DataFrame(
+        {
+            "location": ["lab"] * 3, "sensor_type": ["temperature"] * 3,
+            "hour_start": [datetime(2026, 11, 20, h, tzinfo=timezone.utc) for h in range(3)],
+            "count": [3, 4, 5], "avg": [1.0] * 3, "min": [0.5] * 3, "max": [2.0] * 3, "stddev": [0.1] * 3,
+            "p50": [1.0] * 3, "p95": [1.9] * 3, "p99": [2.0] * 3, "anomaly_count": [0] * 3, "distinct_sensors": [1] * 3,
+        }  # fmt: skip
+    )
+    wh.replace_partition("iot_location_hourly", "20261120", load_frame(table, day))
+
+    ensure_warehouse_tables(IOT, table, lake, wh)
+    got = wh.query_arrow("SELECT _partition_id AS p, sum(count) AS n FROM iot_location_hourly GROUP BY p ORDER BY p").to_pylist()
+    assert got == [{"p": "2026112000", "n": 3}, {"p": "2026112001", "n": 4}, {"p": "2026112002", "n": 5}]
+    names = {r["name"] for r in wh.query_arrow("SELECT name FROM system.tables WHERE database = currentDatabase()").to_pylist()}
+    assert names == {"iot_location_hourly"}  # the staged copy is gone
+    ensure_warehouse_tables(IOT, table, lake, wh)  # checked once: nothing rebuilt again
+    assert wh.count("iot_location_hourly") == 3
+
+
+def test_a_partition_read_from_many_gold_files_loads_with_low_cardinality_dictionaries(resources):
+    """A Gold partition read from many files concatenates into a multi-chunk frame; each chunk's strings
+    differ, and the load must still send one dictionary per LowCardinality column."""
     import polars as pl
 
     from assets.warehouse import load_frame
@@ -81,7 +150,7 @@ def test_a_day_read_from_many_gold_files_loads_with_low_cardinality_dictionaries
         pl.DataFrame(
             {
                 "location": [f"site-{h}", "lab"], "sensor_type": ["temperature", f"type-{h}"],
-                "hour_start": [datetime(2026, 11, 20, h, tzinfo=timezone.utc)] * 2,
+                "hour_start": [datetime(2026, 11, 20, 0, tzinfo=timezone.utc)] * 2,
                 "count": [3, 4], "avg": [1.0, 2.0], "min": [0.5, 1.0], "max": [2.0, 3.0], "stddev": [0.1, None],
                 "p50": [1.0, 2.0], "p95": [1.9, 2.9], "p99": [2.0, 3.0], "anomaly_count": [0, 1], "distinct_sensors": [1, 2],
             }  # fmt: skip
@@ -92,7 +161,7 @@ def test_a_day_read_from_many_gold_files_loads_with_low_cardinality_dictionaries
     assert day["location"].n_chunks() == 3
     wh = resources["warehouse"]
     wh.ensure_tables([table_ddl(IOT, table)])
-    assert wh.replace_partition("iot_location_hourly", "20261120", load_frame(table, day)) == 6
+    assert wh.replace_partition("iot_location_hourly", "2026112000", load_frame(table, day)) == 6
     got = wh.query_arrow("SELECT location, sum(count) AS n FROM iot_location_hourly GROUP BY location ORDER BY location").to_pylist()
     assert got == [{"location": "lab", "n": 12}, {"location": "site-0", "n": 3}, {"location": "site-1", "n": 3}, {"location": "site-2", "n": 3}]
 

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS medallion.iot_sensor_5m ON CLUSTER '{cluster}' (senso
                 p99 Float64 CODEC(Gorilla, ZSTD),
                 anomaly_count Int64 CODEC(T64, ZSTD),
                 health_pct Float64 CODEC(Gorilla, ZSTD)
-) ENGINE = ReplicatedMergeTree PARTITION BY toYYYYMMDD(window_start) ORDER BY (sensor_id, window_start) TTL toDateTime(window_start) + INTERVAL 90 DAY;
+) ENGINE = ReplicatedMergeTree PARTITION BY toYYYYMMDD(window_start) * 100 + toHour(window_start) ORDER BY (sensor_id, window_start) TTL toDateTime(window_start) + INTERVAL 90 DAY;
 CREATE TABLE IF NOT EXISTS medallion.iot_location_hourly ON CLUSTER '{cluster}' (location LowCardinality(String),
                 sensor_type LowCardinality(String),
                 hour_start DateTime64(6, 'UTC') CODEC(Delta, ZSTD),
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS medallion.iot_location_hourly ON CLUSTER '{cluster}' 
                 p99 Float64,
                 anomaly_count Int64,
                 distinct_sensors Int64
-) ENGINE = ReplicatedMergeTree PARTITION BY toYYYYMMDD(hour_start) ORDER BY (location, sensor_type, hour_start);
+) ENGINE = ReplicatedMergeTree PARTITION BY toYYYYMMDD(hour_start) * 100 + toHour(hour_start) ORDER BY (location, sensor_type, hour_start);
 CREATE TABLE IF NOT EXISTS medallion.iot_type_daily ON CLUSTER '{cluster}' (sensor_type LowCardinality(String),
                 day Date32,
                 count Int64,
