@@ -66,7 +66,8 @@ def topic_asset(spec: StreamSpec) -> dg.AssetSpec:
 
 class IngestConfig(dg.Config):
     max_records: int = DEFAULT_MAX_RECORDS  # backpressure: records per run (per micro-batch when streaming) at most
-    # > 0: a stream run. It keeps consuming for this long (or until its partition's time window ends),
+    # > 0: a stream run. It keeps consuming for this long (or until the hour it streams ends: its own, or
+    # the current one if its own ended while it waited for the lock),
     # commits a micro-batch each time it reaches the end of the log, and carries each one through Silver,
     # Gold and the warehouse itself. 0: one pass to the end of the log (the rest follows by automation).
     stream_for_s: float = 0.0
@@ -116,7 +117,12 @@ def build_bronze(spec: StreamSpec, follow=None) -> dg.AssetsDefinition:
             pending = unannounced_commits(context.instance, spec, lake, context.run_id)
             failpoint("ingest.after_recover")
             if config.stream_for_s > 0 and follow is not None:
-                yield from _stream(context, spec, rules, pk_expr, config, kafka, lake, pending, lambda touched, offsets: follow(context, lake, warehouse, spark, touched, in_full={own}, offsets=offsets))
+                # A run that waited behind another until past its hour's end streams the hour current now
+                # (its own still derived in full if it must): ending at once would leave the new hour to a
+                # process the sensor has yet to start.
+                live = own if window(spec.partitions, own)[1] > datetime.now(timezone.utc) else spec.partitions.get_last_partition_key()
+                carry = lambda touched, offsets: follow(context, lake, warehouse, spark, touched, in_full={own, live}, offsets=offsets)  # noqa: E731
+                yield from _stream(context, spec, rules, pk_expr, config, kafka, lake, pending, carry, window(spec.partitions, live)[1])
                 return
             parts = kafka.partitions(spec.topic)
             snapshot = IngestSnapshot.load(lake, spec, parts)
@@ -142,12 +148,11 @@ IDLE_POLL_S = 0.1  # at the end of the log, wait this long before looking again
 IDLE_SNAPSHOT_S = 5.0  # and read Bronze's state again at least this often
 
 
-def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: IngestConfig, kafka: KafkaResource, lake: LakeResource, pending: list, follow):
+def _stream(context, spec: StreamSpec, rules: BronzeRules, pk_expr, config: IngestConfig, kafka: KafkaResource, lake: LakeResource, pending: list, follow, window_end: datetime):
     """A stream run: micro-batch after micro-batch, each committed, announced and followed through to the
-    warehouse before the next, until `stream_for_s` is up or the run's partition window ends (the sensor
-    has the next run waiting on the ingest lock, so the handover costs no process start)."""
+    warehouse before the next, until `stream_for_s` is up or `window_end` (of the hour it streams) passes
+    (the sensor has the next run waiting on the ingest lock, so the handover costs no process start)."""
     began = time.monotonic()
-    window_end = window(spec.partitions, context.partition_key)[1]
     parts = kafka.partitions(spec.topic)
     checked_at = reported_at = float("-inf")
     batches = records = 0

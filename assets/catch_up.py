@@ -66,7 +66,7 @@ def build_catch_up_job(spec: StreamSpec) -> dg.JobDefinition:
             gold, latest = yield from _holding_failures(carry_to_gold(context, spec, lake, spark, [pk], in_full={pk}, wait=True, rollups=False), pk, failed)
             published += gold
             newest = max(filter(None, [newest, latest]), default=None)
-        # Each warehouse partition once, after all of the Gold it holds (the daily rollup: after its hours).
+        # Each warehouse partition once, after all of its hours are carried.
         yield from load_warehouse(spec, lake, warehouse, published, newest, wait=True)
         context.log.info(f"carried {len(partitions)} {spec.name} partitions: {partitions[0]} … {partitions[-1]}")
         if failed:

@@ -68,7 +68,7 @@ from assets.history import HISTORY_TABLE, histories_lock
 from assets.partitions import window
 from assets.silver import silver_lock
 from assets.spec import StreamSpec
-from assets.warehouse import gold_key_of, load_warehouse_partition, warehouse_lock, warehouse_partition
+from assets.warehouse import ensure_warehouse_tables, gold_key_of, load_warehouse_partition, warehouse_lock, warehouse_partition
 from resources.delta import PARTITION_COLUMN, DataFiles
 from resources.faults import failpoint
 from resources.lake import LakeResource, LakeTable, RowDelete, bronze_table, dead_letter_table
@@ -341,6 +341,7 @@ def _plan_warehouse(plan: _Plan, spec: StreamSpec, table, m: _Match, gold_pks: l
     existing = {r["name"] for r in warehouse.query_arrow("SELECT name FROM system.tables WHERE database = currentDatabase()").to_pylist()}
     if name not in existing:
         return
+    ensure_warehouse_tables(spec, table, plan.lake, warehouse)  # partitioned as this version loads it
     parts = {warehouse_partition(table, pk)[0] for pk in gold_pks}
     if spec.subject.column in _ddl_columns(table.columns_ddl):
         held = warehouse.query_arrow(f"SELECT DISTINCT _partition_id AS p FROM {name} WHERE {spec.subject.column} = {_sql_str(m.value)}")

@@ -30,7 +30,7 @@ class GoldTable:
     partitions: dg.TimeWindowPartitionsDefinition
     build: Callable[[pl.DataFrame], pl.DataFrame]
     contract: type[pa.DataFrameModel]
-    time_column: str  # the column ClickHouse partitions by (toYYYYMMDD)
+    time_column: str  # the column ClickHouse partitions by (at the grain of `partitions`: hour or day)
     columns_ddl: str  # ClickHouse column list (may end with INDEX clauses)
     order_by: str
     spark_build: Callable | None = None  # (spark session, silver rows) -> the same rows as `build`

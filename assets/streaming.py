@@ -2,9 +2,10 @@
 for the partitions it touched, in the same process, reported as the same materializations and checks the
 assets' own runs report.
 
-The run's own partition (the open hour) is carried through whatever it takes. Other partitions (late data)
-are carried only if Silver can extend them; one that needs a full derivation, or that another process is
-deriving right now, is left to declarative automation, which sees its Bronze materialization like any other.
+The run's own partition (the open hour, or the hour current when it took over) is carried through whatever
+it takes. Other partitions (late data) are carried only if Silver can extend them; one that needs a full
+derivation, or that another process is deriving right now, is left to declarative automation, which sees
+its Bronze materialization like any other.
 A rollup of a Gold table (the day folded from its 5-minute rows) follows that table's partitions in the same
 micro-batch: its cost is the day's 5-minute rows, not the day's readings.
 """
@@ -20,7 +21,8 @@ from assets.gold import gold_partition
 from assets.promotion import freshness_metadata
 from assets.silver import DEFERRED, PUBLISHED, SilverConfig, silver_partition
 from assets.spec import GoldTable, StreamSpec
-from assets.warehouse import ensure_warehouse_tables, load_partition, warehouse_partition
+from assets.warehouse import ensure_warehouse_tables, load_locked, warehouse_lock, warehouse_partition
+from resources.locks import LockBusy
 
 
 def as_event(result, partition: str):
@@ -88,10 +90,14 @@ def carry_to_gold(context, spec: StreamSpec, lake, spark, touched: list[str], in
     return published, newest
 
 
+LOADS_PER_SESSION = 24  # a day of hours
+
+
 def load_warehouse(spec: StreamSpec, lake, warehouse, published: list[tuple[GoldTable, str]], newest, *, wait: bool = False, offsets: dict[int, int] | None = None) -> Iterator:
     """Load the warehouse partitions of published Gold partitions, each once, and report a load of each Gold
     partition; without `wait`, one another process is loading is left to automation. `offsets` (a stream
-    run's): Bronze's committed Kafka offsets the loads reflect, reported as `kafka_offsets`."""
+    run's): Bronze's committed Kafka offsets after the batch, reported as `kafka_offsets`: every record of a
+    loaded partition below them is in its load."""
     parts: dict[tuple[str, str], list[tuple[GoldTable, str]]] = {}
     for table, gpk in published:
         parts.setdefault((table.name, warehouse_partition(table, gpk)[0]), []).append((table, gpk))
@@ -99,13 +105,26 @@ def load_warehouse(spec: StreamSpec, lake, warehouse, published: list[tuple[Gold
         return
     for table in {t.name: t for t, _ in published}.values():
         ensure_warehouse_tables(spec, table, lake, warehouse)
-    # One session for all the loads (chDB opens once), unless they wait for partition locks: a load takes its
-    # partition's lock before the warehouse, and holding the warehouse while waiting would invert that order.
-    with contextlib.nullcontext() if wait else warehouse.client():
-        loaded = [(group, load_partition(spec, group[0][0], lake, warehouse, group[0][1], wait=wait)) for group in parts.values()]
+    # Partitions' locks first (in one order: the stream's tables, then partition ids, as an erasure takes
+    # them), then one warehouse session for their loads, so chDB opens once per chunk: a load holds its lock
+    # before the warehouse, and waiting for a lock while holding the warehouse would invert that order. In
+    # chunks, so a backfill of months holds neither thousands of locks nor the warehouse for minutes.
+    order = {t.name: i for i, t in enumerate(spec.gold)}
+    todo = sorted(parts.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))
+    loaded = []
+    for chunk in (todo[i : i + LOADS_PER_SESSION] for i in range(0, len(todo), LOADS_PER_SESSION)):
+        with contextlib.ExitStack() as held:
+            ready = []
+            for (_, partition_id), group in chunk:
+                try:
+                    held.enter_context(warehouse_lock(lake, spec, group[0][0], partition_id, wait_s=None if wait else 0))
+                except LockBusy:
+                    continue  # another process is loading it: left to automation
+                ready.append(group)
+            if ready:
+                with warehouse.client():
+                    loaded += [(group, load_locked(spec, group[0][0], lake, warehouse, group[0][1])) for group in ready]
     for group, result in loaded:
-        if result is None:
-            continue
         for _, gpk in dict.fromkeys(group):
             # Kafka -> visible in ClickHouse, for the newest record carried.
             metadata = {**result.metadata, **freshness_metadata(newest)}

@@ -79,6 +79,8 @@ def gold_key_of(table: GoldTable, partition_id: str) -> str:
     """The Gold partition a ClickHouse partition id stands for (`_partition_id` of its rows)."""
     _, id_format = _PARTITIONING[truncate_unit(table.partitions)]
     start = datetime.strptime(partition_id, id_format).replace(tzinfo=timezone.utc)
+    if start.strftime(id_format) != partition_id:  # strptime reads "20261203" as %Y%m%d%H too (2026-01-20 03:00)
+        raise ValueError(f"{partition_id!r} is not a partition id of {table.name} ({id_format})")
     return table.partitions.get_partition_key_for_timestamp(start.timestamp())
 
 
@@ -130,7 +132,7 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
         kinds={"clickhouse"},
         freshness_policy=table.freshness,
         owners=list(spec.owners),
-        description=f"ClickHouse table `{name}` (MergeTree, partitioned by day): {table.description}",
+        description=f"ClickHouse table `{name}` (MergeTree, partitioned like its Gold table): {table.description}",
         metadata={"table": name, "ddl": dg.MetadataValue.md("```sql\n" + ";\n\n".join(all_ddl(spec, table)) + "\n```")},
     )
     def load(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource):
@@ -142,21 +144,25 @@ def build_warehouse_load(spec: StreamSpec, table: GoldTable) -> dg.AssetsDefinit
 def load_partition(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, partition_key: str, *, wait: bool = True) -> dg.MaterializeResult | None:
     """Load a Gold partition into its warehouse table; None if (without `wait`) another process is loading
     that partition."""
-    partition_id, gold_keys = warehouse_partition(table, partition_key)
-    name = keys.warehouse_table(spec, table)
     # Read and swap under one lock: two loads of the same partition at once must not lose either's rows.
-    gold = LakeTable("gold", spec.name, table.name)
     try:
-        with warehouse_lock(lake, spec, table, partition_id, wait_s=None if wait else 0):
-            gold_version = lake.version(gold)  # one snapshot of Gold: recorded, so the load can be repeated
-            loaded = load_warehouse_partition(spec, table, lake, warehouse, partition_id, gold_keys, gold_version)
+        with warehouse_lock(lake, spec, table, warehouse_partition(table, partition_key)[0], wait_s=None if wait else 0):
+            return load_locked(spec, table, lake, warehouse, partition_key)
     except LockBusy:
         return None
+
+
+def load_locked(spec: StreamSpec, table: GoldTable, lake: LakeResource, warehouse: WarehouseResource, partition_key: str) -> dg.MaterializeResult:
+    """The load of a Gold partition whose `warehouse_lock` the caller holds."""
+    partition_id, gold_keys = warehouse_partition(table, partition_key)
+    gold = LakeTable("gold", spec.name, table.name)
+    gold_version = lake.version(gold)  # one snapshot of Gold: recorded, so the load can be repeated
+    loaded = load_warehouse_partition(spec, table, lake, warehouse, partition_id, gold_keys, gold_version)
     return dg.MaterializeResult(
         asset_key=keys.warehouse_key(spec, table),
         metadata={
             "dagster/row_count": loaded,
-            "table": name,
+            "table": keys.warehouse_table(spec, table),
             "clickhouse_partition": partition_id,
             "warehouse": warehouse.mode,
             "lake/sources": dg.MetadataValue.json({gold.name: gold_version}),

@@ -28,7 +28,7 @@ def snapshot(resources, spec, keys):
 
 
 def test_backfill_range_from_bronze_is_repeatable_without_kafka(spec, resources, instance, kafka):
-    # Three hours across midnight, so the daily rollup and two warehouse day-partitions are involved.
+    # Three hours across midnight, so the daily rollup and two warehouse days are involved.
     records = [reading(i, START + timedelta(seconds=40 * i), sensor=i % 5) for i in range(270)]
     produce(kafka, spec.topic, records)
     assert run_ingest(definitions(spec, resources), spec, instance).success

@@ -13,12 +13,13 @@ from tests.conftest import produce, reading
 from tests.helpers import definitions
 
 
-def _stream_run(defs, spec, instance, seconds: float, holder: dict) -> threading.Thread:
+def _stream_run(defs, spec, instance, seconds: float, holder: dict, partition_key: str | None = None) -> threading.Thread:
     job = defs.resolve_job_def(f"ingest_{spec.name}")
     config = {"ops": {f"bronze_{spec.name}": {"config": {"stream_for_s": seconds}}}}
+    partition_key = partition_key or spec.partitions.get_last_partition_key()
 
     def run():
-        holder["result"] = job.execute_in_process(run_config=config, instance=instance, tags={"medallion/stream": spec.name}, partition_key=spec.partitions.get_last_partition_key(), raise_on_error=False)
+        holder["result"] = job.execute_in_process(run_config=config, instance=instance, tags={"medallion/stream": spec.name}, partition_key=partition_key, raise_on_error=False)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -112,6 +113,31 @@ def test_a_stream_run_makes_each_micro_batch_visible_while_it_runs(spec, resourc
     assert lake.read("gold", spec.name, "type_daily", [day]).equals(expected)
     assert warehouse.query_arrow("SELECT sum(count) AS n FROM iot_type_daily").column("n")[0].as_py() == produced
     assert lake.read_dead_letter(spec.name).filter(pl.col("payload") == "not json").height == 1
+
+
+def test_a_run_that_waited_past_its_hour_streams_the_hour_current_now(spec, resources, instance, kafka):
+    """The sensor queues the next run behind the current one for the hour current then; one that takes over
+    after that hour has ended streams the new hour instead of ending after one pass (which left the new
+    hour to a run not started yet)."""
+    now = datetime.now(timezone.utc)
+    if now.minute == 59 and now.second > 20:  # the whole test inside one hour
+        time.sleep(61 - now.second)
+        now = datetime.now(timezone.utc)
+    defs, warehouse = definitions(spec, resources), resources["warehouse"]
+    previous = spec.partitions.get_partition_key_for_timestamp((now - timedelta(hours=1)).timestamp())
+    holder: dict = {}
+    thread = _stream_run(defs, spec, instance, 15, holder, partition_key=previous)
+    start = max(now - timedelta(seconds=30), now.replace(minute=0, second=0, microsecond=0))
+    produced = 0
+    for wave in range(2):  # the second after the first is visible: a run that ended after one pass misses it
+        produced += produce(kafka, spec.topic, [reading(wave * 1000 + i, start + timedelta(seconds=wave * 10 + i * 0.05), sensor=i % 4) for i in range(100)])
+        _wait_for(lambda: _visible(warehouse) >= produced, timeout=12)
+    assert thread.is_alive(), "the run ended instead of streaming the current hour"
+    thread.join(60)
+    assert holder["result"].success
+    current = spec.partitions.get_partition_key_for_timestamp(now.timestamp())
+    loads = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("warehouse_iot_sensor_5m"), asset_partitions=[current]), limit=10).records
+    assert len(loads) >= 2 and all(r.run_id == holder["result"].run_id for r in loads)
 
 
 def test_a_stream_run_killed_between_its_quarantine_and_silver_commits_is_repaired(spec, resources, broker, shared_instance, kafka):

@@ -1,7 +1,7 @@
 """The chDB warehouse through clickhouse-connect: atomic, idempotent partition swaps; writers wait for the lock."""
 
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pyarrow as pa
@@ -35,6 +35,18 @@ def test_replace_partition_is_idempotent_and_leaves_other_days(resources):
     assert wh.count("iot_type_daily") == 3
     tables = {r["name"] for r in wh.query_arrow("SELECT name FROM system.tables WHERE database = currentDatabase()").to_pylist()}
     assert tables == {"iot_type_daily"}  # no scratch tables left behind
+
+
+def test_swaps_leave_no_outdated_parts_for_the_next_session_to_load(resources):
+    """chDB never removes the parts a swap replaced (a server does, after `old_parts_lifetime`), and every
+    session loads them all again: the warehouse removes them as it closes a session."""
+    wh = resources["warehouse"]
+    wh.ensure_tables([table_ddl(IOT, IOT.gold[2])])
+    for _ in range(30):
+        wh.replace_partition("iot_type_daily", "20261120", rows(20, 3))
+    parts = wh.query_arrow("SELECT count() AS n, countIf(active) AS a FROM system.parts WHERE database = currentDatabase() AND table = 'iot_type_daily'")
+    assert parts.to_pylist() == [{"n": 1, "a": 1}]
+    assert wh.count("iot_type_daily") == 3
 
 
 def test_concurrent_loads_wait_for_the_lock_instead_of_failing(resources):
@@ -87,26 +99,28 @@ def test_a_load_swaps_only_the_hour_it_loads(spec, resources, instance, kafka):
     from tests.conftest import produce, reading
     from tests.helpers import definitions
 
-    at = lambda h, i: datetime(2026, 11, 20, h, (i * 7) % 60, i % 60, tzinfo=timezone.utc)  # noqa: E731
+    day = datetime.now(timezone.utc) - timedelta(days=1)  # inside the 5-minute table's TTL
+    at = lambda h, i: day.replace(hour=h, minute=(i * 7) % 60, second=i % 60, microsecond=0)  # noqa: E731
+    h10, h11 = f"{day:%Y%m%d}10", f"{day:%Y%m%d}11"
     produce(kafka, spec.topic, [reading(i, at(10 + i % 2, i), sensor=i % 4) for i in range(40)])
     defs = definitions(spec, resources)
     assert not drive(defs, instance, (spec,), timeout_s=300).failed_runs
     wh = resources["warehouse"]
     before = _parts(wh, "iot_sensor_5m")
-    assert set(before) == {"2026112010", "2026112011"}
+    assert set(before) == {h10, h11}
 
     produce(kafka, spec.topic, [reading(100 + i, at(11, 30 + i), sensor=i % 4) for i in range(20)])
     assert not drive(defs, instance, (spec,), timeout_s=300).failed_runs
     after = _parts(wh, "iot_sensor_5m")
-    assert after["2026112010"] == before["2026112010"]  # not rewritten
-    assert after["2026112011"] != before["2026112011"]
+    assert after[h10] == before[h10]  # not rewritten
+    assert after[h11] != before[h11]
     counts = {r["p"]: r["n"] for r in wh.query_arrow("SELECT _partition_id AS p, sum(count) AS n FROM iot_sensor_5m GROUP BY p").to_pylist()}
-    assert counts == {"2026112010": 20, "2026112011": 40}
+    assert counts == {h10: 20, h11: 40}
     loads = instance.fetch_materializations(dg.AssetKey("warehouse_iot_sensor_5m"), limit=1).records
-    hour_rows = wh.query_arrow("SELECT count() AS n FROM iot_sensor_5m WHERE _partition_id = '2026112011'").column("n")[0].as_py()
+    hour_rows = wh.query_arrow(f"SELECT count() AS n FROM iot_sensor_5m WHERE _partition_id = '{h11}'").column("n")[0].as_py()
     newest = loads[0].asset_materialization
-    assert newest.partition == "2026-11-20-11:00" and newest.metadata["dagster/row_count"].value == hour_rows
-    assert newest.metadata["clickhouse_partition"].value == "2026112011"
+    assert newest.partition == f"{day:%Y-%m-%d}-11:00" and newest.metadata["dagster/row_count"].value == hour_rows
+    assert newest.metadata["clickhouse_partition"].value == h11
 
 
 def test_a_table_an_older_version_partitioned_by_day_is_rebuilt_by_hour_with_its_rows(resources):
@@ -136,6 +150,26 @@ def test_a_table_an_older_version_partitioned_by_day_is_rebuilt_by_hour_with_its
     assert names == {"iot_location_hourly"}  # the staged copy is gone
     ensure_warehouse_tables(IOT, table, lake, wh)  # checked once: nothing rebuilt again
     assert wh.count("iot_location_hourly") == 3
+
+
+def test_a_day_partitioned_table_a_view_reads_is_left_to_the_operator_with_the_steps(resources):
+    """EXCHANGE would leave a materialized view reading the old table: the load refuses and says what to do."""
+    import pytest
+
+    from assets.warehouse import ensure_warehouse_tables
+    from resources.warehouse import WarehouseSchemaError
+
+    table = next(t for t in IOT.gold if t.name == "location_hourly")
+    wh, lake = resources["warehouse"], resources["lake"]
+    wh.ensure_tables([
+        table_ddl(IOT, table).replace("PARTITION BY toYYYYMMDD(hour_start) * 100 + toHour(hour_start)", "PARTITION BY toYYYYMMDD(hour_start)"),
+        "CREATE TABLE IF NOT EXISTS counts (n Int64) ENGINE = MergeTree ORDER BY n",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS counts_mv TO counts AS SELECT count AS n FROM iot_location_hourly",
+    ])  # fmt: skip
+    with pytest.raises(WarehouseSchemaError, match=r"iot_location_hourly is partitioned by toYYYYMMDD\(hour_start\).*RENAME TABLE.*counts_mv"):
+        ensure_warehouse_tables(IOT, table, lake, wh)
+    got = wh.query_arrow("SELECT name, partition_key FROM system.tables WHERE database = currentDatabase() AND name LIKE 'iot%'").to_pylist()
+    assert got == [{"name": "iot_location_hourly", "partition_key": "toYYYYMMDD(hour_start)"}]  # untouched, no staged copy
 
 
 def test_a_partition_read_from_many_gold_files_loads_with_low_cardinality_dictionaries(resources):
