@@ -14,6 +14,7 @@ BENCHES = [
     ["freshness.py", "--rate", "1000", "--duration", "600"],
     ["micro_batch.py"],
     ["daily_rollup.py"],
+    ["warehouse_day_fill.py"],
     ["backlog.py", "--events", "1000000"],
     ["dev.py", "--minutes", "10"],
     ["broker_endurance.py", "--hours", "1", "--live-s", "60"],
