@@ -471,13 +471,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from resources.lake import CommitConflict, LakeUnavailableError
     from resources.settings import SettingsError
+    from resources.warehouse import WarehouseSchemaError
 
     try:
         return args.fn(args)
     except SettingsError as exc:  # a setting the user gave: one line, which and what to set
         print(f"medallion {args.cmd}: {exc}", file=sys.stderr)
         return 2
-    except (LakeUnavailableError, CommitConflict, DeltaError) as exc:  # the lake said no: one line, what to do
+    except (LakeUnavailableError, CommitConflict, DeltaError, WarehouseSchemaError) as exc:  # the lake or warehouse said no: one line, what to do
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"medallion {args.cmd}: {first}", file=sys.stderr)
         return 1

@@ -214,3 +214,18 @@ def test_every_streams_ddl_runs_with_its_ttl_index_and_rollup(resources):
     assert "CODEC(Gorilla(8), ZSTD(1))" in tables["ads_campaign_daily"]["q"] and "CODEC(Delta(2), ZSTD(1))" in tables["ads_campaign_daily"]["q"]
     assert tables["ads_campaign_monthly"]["engine"] == "AggregatingMergeTree" and "AggregateFunction(uniq, Date)" in tables["ads_campaign_monthly"]["q"]
     assert tables["ads_campaign_monthly_mv"]["engine"] == "MaterializedView" and "TO default.ads_campaign_monthly" in tables["ads_campaign_monthly_mv"]["q"]
+
+
+def test_the_cli_prints_a_warehouse_it_will_not_rebuild_as_one_line(monkeypatch, capsys):
+    """`medallion erase` plans its warehouse swaps in the CLI's process: the refusal is one line, exit 1."""
+    import medallion.cli as cli
+    from resources.warehouse import WarehouseSchemaError
+
+    def refuse(args):
+        raise WarehouseSchemaError("warehouse table iot_sensor_5m is partitioned by toYYYYMMDD(window_start), this version loads it by ...: rebuild it (...), then load again")
+
+    monkeypatch.setattr(cli, "cmd_erase", refuse)
+    assert cli.main(["erase", "--subject", "sensor:sensor-1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "medallion erase: warehouse table iot_sensor_5m is partitioned by toYYYYMMDD(window_start), this version loads it by ...: rebuild it (...), then load again"
+    ]
