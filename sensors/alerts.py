@@ -11,6 +11,7 @@ from assets import keys
 from assets.promotion import CONTRACT_CHECK
 from assets.spec import StreamSpec
 from resources.alerts import AlertWebhook
+from sensors.tick import SensorResources, tick_instance
 
 # On its very first tick the check sensor reports failures this recent, not the instance's whole history.
 FIRST_TICK_LOOKBACK_S = 3600
@@ -62,8 +63,10 @@ def _send_check_alert(alerts: AlertWebhook, name: str, rec, instance: dg.Dagster
     )
 
 
-def build_check_failure_alert(streams: tuple[StreamSpec, ...]) -> dg.SensorDefinition:
+def build_check_failure_alert(streams: tuple[StreamSpec, ...], resources) -> dg.SensorDefinition:
+    """`resources`: the definitions' (it takes `alerts`)."""
     check_keys = contract_check_keys(streams)
+    tick_resources = SensorResources(resources, "alerts")
 
     @dg.sensor(
         name="alert_on_check_failure",
@@ -71,7 +74,9 @@ def build_check_failure_alert(streams: tuple[StreamSpec, ...]) -> dg.SensorDefin
         minimum_interval_seconds=5,
         description="Posts every failed contract check (the partition was not promoted) to MEDALLION_ALERT_WEBHOOK.",
     )
-    def alert_on_check_failure(context: dg.SensorEvaluationContext, alerts: AlertWebhook):
+    def alert_on_check_failure(context: dg.SensorEvaluationContext):
+        instance = tick_instance(context)
+        alerts: AlertWebhook = tick_resources().alerts
         # Cursor per check key: `w`, the record id up to which everything is settled, and `sent`, the
         # failures above it already alerted. A record is created PLANNED and updated in place (same id) when
         # its evaluation lands, so a planned check of a running run holds the watermark back until it settles.
@@ -82,16 +87,16 @@ def build_check_failure_alert(streams: tuple[StreamSpec, ...]) -> dg.SensorDefin
             name = check_key.to_user_string()
             mark = state.get(name, {"w": 0, "sent": []})
             done, pending = set(mark["sent"]), []
-            records = context.instance.event_log_storage.get_asset_check_execution_history(check_key, limit=200)
+            records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=200)
             for rec in sorted((r for r in records if r.id > mark["w"]), key=lambda r: r.id):
                 if rec.status.value == "PLANNED":
-                    run = context.instance.get_run_by_id(rec.run_id)
+                    run = instance.get_run_by_id(rec.run_id)
                     if run is not None and not run.is_finished:
                         pending.append(rec.id)
                     continue
                 recent = time.time() - rec.create_timestamp < FIRST_TICK_LOOKBACK_S
                 if rec.status.value == "FAILED" and rec.id not in done and (recent or not first_tick):
-                    _send_check_alert(alerts, name, rec, context.instance)
+                    _send_check_alert(alerts, name, rec, instance)
                     sent += 1
                 done.add(rec.id)
             top = max([mark["w"], *(r.id for r in records)])

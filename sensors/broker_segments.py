@@ -19,6 +19,7 @@ from resources.embedded_broker import EmbeddedBrokerError, EmbeddedKafka, needs_
 from resources.kafka import KafkaResource, KafkaUnavailableError
 from resources.lake import LakeResource
 from resources.settings import load_settings
+from sensors.tick import SensorResources
 
 MAX_SEGMENTS = 8  # beyond this Bronze is not reading: rotating more would only pile up processes
 
@@ -50,7 +51,10 @@ def plan(log: EmbeddedKafka, read_up_to: dict[str, dict[int, int]], held: dict[s
     return Plan(retire, True, f"newest segment holds {most:,} records in a partition: rotated")
 
 
-def build_broker_segments_sensor(streams: tuple[StreamSpec, ...]) -> dg.SensorDefinition:
+def build_broker_segments_sensor(streams: tuple[StreamSpec, ...], resources) -> dg.SensorDefinition:
+    """`resources`: the definitions' (it takes `kafka` and `lake`)."""
+    tick_resources = SensorResources(resources, "kafka", "lake")
+
     @dg.sensor(
         name="embedded_broker_segments",
         minimum_interval_seconds=5,
@@ -58,7 +62,9 @@ def build_broker_segments_sensor(streams: tuple[StreamSpec, ...]) -> dg.SensorDe
         description="Embedded broker only: starts a new broker segment before the newest slows down, and stops "
         "segments every stream's Bronze has read (skip reasons say what it did).",
     )
-    def embedded_broker_segments(context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource):
+    def embedded_broker_segments(context: dg.SensorEvaluationContext):
+        kafka: KafkaResource = tick_resources().kafka
+        lake: LakeResource = tick_resources().lake
         if kafka.bootstrap_servers:
             return dg.SkipReason("a Kafka cluster is configured (KAFKA_BOOTSTRAP_SERVERS): nothing to keep")
         run_dir = load_settings().run_dir

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from sensors.tick import tick_instance
 
 OWNER_PID_TAG = "medallion/pid"
 OWNER_HOST_TAG = "medallion/host"
@@ -245,7 +246,7 @@ def build_dead_run_sensor(jobs: dict[str, dg.UnresolvedAssetJobDefinition]) -> d
         "partitions they had not materialized (Bronze resumes through the Kafka sensors).",
     )
     def recover_dead_runs(context: dg.SensorEvaluationContext):
-        instance = context.instance
+        instance = tick_instance(context)
         reaped = []
         for run in instance.get_runs(filters=dg.RunsFilter(statuses=JUDGED), limit=200):
             if reap(instance, run):

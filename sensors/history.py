@@ -15,13 +15,16 @@ from assets import keys
 from assets.history import CONTEXT_HASH, CONTEXT_PARTITION, HISTORY_CHANGED, HISTORY_HASH, has_history, later_with_data, latest_observation
 from assets.spec import StreamSpec
 from resources.lake import LakeResource
+from sensors.tick import SensorResources, tick_instance
 
 BATCH = 500  # observations read per tick
 
 
-def build_history_sensor(spec: StreamSpec, job) -> dg.SensorDefinition:
-    """`job`: an asset job holding the stream's Silver asset (see `assets.factory.rederive_jobs`)."""
+def build_history_sensor(spec: StreamSpec, job, resources) -> dg.SensorDefinition:
+    """`job`: an asset job holding the stream's Silver asset (see `assets.factory.rederive_jobs`); `resources`:
+    the definitions' (it takes `lake`)."""
     silver = keys.silver_key(spec)
+    tick_resources = SensorResources(resources, "lake")
 
     @dg.sensor(
         name=f"history_{spec.name}",
@@ -31,8 +34,9 @@ def build_history_sensor(spec: StreamSpec, job) -> dg.SensorDefinition:
         description=f"Re-derives {spec.name} Silver partitions whose history (the context handed on by the partition "
         "before them) changed; Gold and the warehouse follow by automation.",
     )
-    def history_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
-        instance = context.instance
+    def history_sensor(context: dg.SensorEvaluationContext):
+        instance = tick_instance(context)
+        lake: LakeResource = tick_resources().lake
         after = int(context.cursor) if context.cursor else None
         result = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=silver, after_storage_id=after), limit=BATCH, ascending=True)
         wanted: dict[str, tuple[str, str]] = {}  # partition -> (history it must start from, why)

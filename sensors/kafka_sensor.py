@@ -17,6 +17,7 @@ from resources.continuity import verify_log_continuity
 from resources.kafka import KafkaResource, KafkaUnavailableError, OffsetsWentBackwardsError
 from resources.lake import LakeResource
 from sensors.dead_runs import reap
+from sensors.tick import SensorResources, tick_instance
 
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -27,10 +28,12 @@ ACTIVE = [
 START_OFFSETS_TAG = "medallion/start_offsets"
 
 
-def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT_MAX_RECORDS, stream_for_s: float = 0.0) -> dg.SensorDefinition:
-    """`stream_for_s` > 0: each run is a stream run of that length, and one more waits behind it on the ingest
-    lock (its process start overlaps the current run), so the topic is always being consumed."""
+def build_kafka_sensor(spec: StreamSpec, job, resources, max_records_per_run: int = DEFAULT_MAX_RECORDS, stream_for_s: float = 0.0) -> dg.SensorDefinition:
+    """`resources`: the definitions' (it takes `kafka` and `lake`). `stream_for_s` > 0: each run is a stream
+    run of that length, and one more waits behind it on the ingest lock (its process start overlaps the
+    current run), so the topic is always being consumed."""
     op_name = keys.bronze_key(spec).to_python_identifier()
+    tick_resources = SensorResources(resources, "kafka", "lake")
 
     @dg.sensor(
         name=f"kafka_{spec.name}",
@@ -40,14 +43,17 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Watches `{spec.topic}` offsets; requests `{job.name}` when records are waiting.",
     )
-    def kafka_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource):
+    def kafka_sensor(context: dg.SensorEvaluationContext):
+        instance = tick_instance(context)
+        kafka: KafkaResource = tick_resources().kafka
+        lake: LakeResource = tick_resources().lake
         try:
             parts = kafka.partitions(spec.topic)
         except KafkaUnavailableError as exc:
             return dg.SkipReason(f"Kafka unavailable, cursor unchanged: {exc}")
         snapshot = IngestSnapshot.load(lake, spec, parts)
         committed = snapshot.start
-        active = _live_runs(context, job, spec)
+        active = _live_runs(context, instance, job, spec)
         try:
             verify_log_continuity(kafka, spec.topic, snapshot.first_records)
             high = kafka.end_offsets(spec.topic, parts)
@@ -68,11 +74,11 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
             return dg.SkipReason(
                 f"runs {', '.join(r.run_id for r in active)} of {job.name} in progress; lag {lag_text} (committed {committed})"
             )
-        recovery = needs_announcing(context.instance, spec, lake)
+        recovery = needs_announcing(instance, spec, lake)
         if not waiting and not recovery and not (stream_for_s > 0 and active):
             return dg.SkipReason(f"no new records in {spec.topic}: lag 0 on all partitions (committed {committed})")
         tag = offsets_tag(committed)
-        failed = context.instance.get_runs(
+        failed = instance.get_runs(
             filters=dg.RunsFilter(
                 job_name=job.name,
                 statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
@@ -95,15 +101,15 @@ def build_kafka_sensor(spec: StreamSpec, job, max_records_per_run: int = DEFAULT
     return kafka_sensor
 
 
-def _live_runs(context: dg.SensorEvaluationContext, job, spec: StreamSpec) -> list:
+def _live_runs(context: dg.SensorEvaluationContext, instance: dg.DagsterInstance, job, spec: StreamSpec) -> list:
     """Ingest runs still in flight. One whose process died (SIGKILL, OOM, host loss) would hold up ingestion:
     it is marked failed here (its Bronze work is recovered by the next run, the rest by `recover_dead_runs`)."""
-    runs = context.instance.get_runs(
+    runs = instance.get_runs(
         filters=dg.RunsFilter(job_name=job.name, statuses=ACTIVE, tags={"medallion/stream": spec.name}), limit=5
     )
     live = []
     for run in runs:
-        if reap(context.instance, run):
+        if reap(instance, run):
             context.log.warning(f"marked dead ingest run {run.run_id} as failed")
             continue
         live.append(run)
