@@ -1,7 +1,8 @@
 """Lake maintenance: small ingest commits make small files and long logs; this compacts, checkpoints and
 vacuums every lake table, on a schedule that runs by default.
 
-Per table: OPTIMIZE (compaction: small files of a partition into few; rows and versions' contents
+Per table: the table properties of this version (`resources.delta.TABLE_PROPERTIES`) on a table an older
+version created (a checkpoint every 10 commits), OPTIMIZE (compaction: small files of a partition into few; rows and versions' contents
 unchanged, `dataChange=false`), a checkpoint (readers replay one Parquet file instead of every JSON commit),
 expired log cleanup, then VACUUM of files removed more than `retention_hours` ago and of files no commit
 ever referenced (left by writers that died before committing). The retention keeps in-flight readers safe:
@@ -12,7 +13,7 @@ commits to meanwhile may conflict; it is skipped this time and named in the meta
 import dagster as dg
 import polars as pl
 
-from resources.delta import add_actions
+from resources.delta import TABLE_PROPERTIES, add_actions
 from resources.lake import LakeResource
 
 DEFAULT_RETENTION_HOURS = 6
@@ -35,6 +36,11 @@ def maintain_table(lake: LakeResource, t, retention_hours: int, target_file_mb: 
     """Compact, checkpoint, clean the log and vacuum one table; returns its figures."""
     files_before, bytes_before = _files(lake, t)
     dt = lake.open(t)
+    configuration = dt.metadata().configuration
+    missing = {k: v for k, v in TABLE_PROPERTIES.items() if configuration.get(k) != v}
+    if missing:
+        dt.alter.set_table_properties(missing)
+        dt = lake.open(t)
     compacted = dt.optimize.compact(target_size=target_file_mb * 1024 * 1024)
     dt = lake.open(t)
     dt.create_checkpoint()
@@ -48,6 +54,7 @@ def maintain_table(lake: LakeResource, t, retention_hours: int, target_file_mb: 
         "bytes_after": bytes_after,
         "files_compacted": int(compacted.get("numFilesRemoved", 0)),
         "files_vacuumed": len(removed),
+        "properties_set": sorted(missing),
         "version": lake.version(t),
     }
 

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import polars as pl
+import pyarrow.fs as pafs
 
 from resources.delta import add_actions
 from resources.lake import bronze_table
@@ -58,3 +59,33 @@ def test_the_maintenance_schedule_runs_by_default(spec, resources):
     defs = definitions(spec, resources)
     schedule = defs.resolve_schedule_def("lake_maintenance_hourly")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.job_name == "maintain_lake"
+
+
+def test_tables_checkpoint_every_ten_commits(spec, resources, instance, kafka):
+    """Opening a table replays every JSON commit since its last checkpoint: a stream run's tables gain a commit
+    per micro-batch, so they checkpoint every 10 (delta-rs's default is 100)."""
+    defs = definitions(spec, resources)
+    lake = resources["lake"]
+    for batch in range(11):
+        produce(kafka, spec.topic, [reading(100 * batch + i, T + timedelta(minutes=batch, seconds=i), sensor=i % 3) for i in range(3)])
+        assert run_ingest(defs, spec, instance).success
+    fs, root = lake.filesystem()
+    listed = fs.get_file_info(pafs.FileSelector(f"{root}/{bronze_table(spec.name).path}/_delta_log"))
+    checkpoints = sorted(int(f.base_name.split(".")[0]) for f in listed if f.base_name.endswith(".checkpoint.parquet"))
+    version = lake.version(bronze_table(spec.name))
+    assert version >= 11 and checkpoints and version - checkpoints[-1] < 10, (version, checkpoints)
+
+
+def test_maintenance_gives_an_older_table_this_versions_properties(spec, resources, instance, kafka):
+    defs = definitions(spec, resources)
+    lake = resources["lake"]
+    produce(kafka, spec.topic, [reading(i, T + timedelta(seconds=i)) for i in range(5)])
+    assert run_ingest(defs, spec, instance).success
+    bronze = lake.open(bronze_table(spec.name))
+    bronze.alter.set_table_properties({"delta.checkpointInterval": "100"})  # as an older version created it
+
+    assert maintain(defs, instance, retention_hours=6).success
+    [event] = instance.fetch_materializations(dg.AssetKey("lake_maintenance"), limit=1).records
+    assert event.asset_materialization.metadata["tables"].value[bronze_table(spec.name).name]["properties_set"] == ["delta.checkpointInterval"]
+    assert lake.open(bronze_table(spec.name)).metadata().configuration["delta.checkpointInterval"] == "10"
+    assert lake.count_bronze(spec.name) == 5
