@@ -16,7 +16,7 @@ from datetime import datetime
 
 import polars as pl
 
-from assets.recent import Recent
+from resources.recent import Recent
 from assets.spec import GoldTable
 
 KEEP_WINDOWS = 2  # the newest windows whose Silver rows are kept: where a stream's new rows fall

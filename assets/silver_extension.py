@@ -17,7 +17,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from assets.bronze import INGEST
-from assets.recent import Recent
+from resources.recent import Recent
 from assets.spec import StreamSpec
 from assets.transforms.increment import FirstCopies, PublishedPartition
 from resources.lake import PARTITION_COLUMN, LakeResource, LakeTable, bronze_table, source_app_id

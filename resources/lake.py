@@ -38,6 +38,7 @@ from pydantic import Field
 from resources import delta
 from resources.delta import COMMIT_KEY, PARTITION_COLUMN, CommitConflict, DataFiles, commit_metadata
 from resources.faults import failpoint
+from resources.recent import Recent
 from resources.locks import exclusive_lock, shared_lock
 from resources.settings import load_settings
 
@@ -68,6 +69,12 @@ class LakeUnavailableError(RuntimeError):
 
 _OUTAGE_SIGNS = ("NETWORK_CONNECTION", "Generic S3 error", "error sending request", "Connection refused", "connection refused",
                  "curlCode", "dns error", "timed out", "Couldn't connect")  # fmt: skip
+
+
+# (table uri, version) -> that snapshot's add actions. A version's files never change (a later commit makes
+# a new version), so a snapshot once opened is not opened again to list a partition's files: a micro-batch
+# asks for the version it just read several times, and an open costs more as the table gains files.
+SNAPSHOT_FILES = Recent(size=32)
 
 
 def _outage_as_error(fn):
@@ -332,13 +339,20 @@ class LakeResource(dg.ConfigurableResource):
             return []
         return list(dt.file_uris([(PARTITION_COLUMN, "in", list(partition_keys))]))
 
+    def _snapshot_files(self, t: LakeTable, dt: DeltaTable) -> pl.DataFrame:
+        adds = delta.add_actions(dt)
+        SNAPSHOT_FILES.put((self.table_uri(t), dt.version()), adds)
+        return adds
+
     @_outage_as_error
     def partition_files(self, t: LakeTable, version: int | None, partition_keys: list[str]) -> set[str]:
         """The data files (log paths) of `partition_keys` in `version`: equal sets, same rows."""
-        dt = self.open(t, version)
-        if dt is None:
-            return set()
-        adds = delta.add_actions(dt)
+        adds = None if version is None else SNAPSHOT_FILES.get((self.table_uri(t), version))
+        if adds is None:
+            dt = self.open(t, version)
+            if dt is None:
+                return set()
+            adds = self._snapshot_files(t, dt)
         col = f"partition.{PARTITION_COLUMN}"
         if adds.height == 0 or col not in adds.columns:
             return set()
@@ -370,7 +384,10 @@ class LakeResource(dg.ConfigurableResource):
     @_outage_as_error
     def version(self, t: LakeTable) -> int | None:
         dt = self.open(t)
-        return None if dt is None else dt.version()
+        if dt is None:
+            return None
+        self._snapshot_files(t, dt)  # the caller reads files of this version next, most often
+        return dt.version()
 
     # -- Bronze ---------------------------------------------------------------------------------------
     def bronze_partition_keys(self, stream: str) -> list[str]:
@@ -463,6 +480,8 @@ class LakeResource(dg.ConfigurableResource):
     def remove(self, t: LakeTable) -> None:
         """Delete a table with its history (a reset of the embedded stack, never a normal operation)."""
         fs, root = self.filesystem()
+        uri = self.table_uri(t)
+        SNAPSHOT_FILES.drop_where(lambda key: key[0] == uri)  # a table created again reuses its versions
         try:
             fs.delete_dir(f"{root}/{t.path}")
         except (FileNotFoundError, OSError):

@@ -1,5 +1,6 @@
-"""What this process published last, per (table, partition): stream runs keep it so the next micro-batch
-need not read it back. Bounded, oldest dropped first; each user checks that an entry still describes the lake."""
+"""A small per-process memory of what was read or published last (a stream run keeps it so the next
+micro-batch need not read it back). Bounded, oldest dropped first; each user keys or checks an entry so that
+it still describes the lake."""
 
 from __future__ import annotations
 
@@ -22,3 +23,7 @@ class Recent:
 
     def drop(self, key) -> None:
         self._entries.pop(key, None)
+
+    def drop_where(self, predicate) -> None:
+        for key in [k for k in self._entries if predicate(k)]:
+            del self._entries[key]
