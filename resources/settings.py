@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,8 @@ def _number(name: str, default: float, kind: type, least: float) -> float:
         value = kind(raw)
     except ValueError:
         value = None
-    if value is None or value < least or value != value:  # NaN compares unequal to itself
-        what = "a whole number" if kind is int else "a number"
+    if value is None or value < least or not math.isfinite(value):  # NaN and inf parse as floats
+        what = "a whole number" if kind is int else "a finite number"
         raise SettingsError(f"{name} must be {what} of seconds, at least {least:g} (it is {raw!r}): set it so, or unset it for the default {default:g}")
     return value
 

@@ -11,7 +11,7 @@ from resources.settings import REPO_ROOT, SettingsError, load_settings
 
 @pytest.mark.parametrize(
     "name, value",
-    [("MEDALLION_STREAM_FOR_S", "ten"), ("MEDALLION_STREAM_FOR_S", "-5"), ("MEDALLION_STREAM_FOR_S", "nan"),
+    [("MEDALLION_STREAM_FOR_S", "ten"), ("MEDALLION_STREAM_FOR_S", "-5"), ("MEDALLION_STREAM_FOR_S", "nan"), ("MEDALLION_STREAM_FOR_S", "inf"),
      ("MEDALLION_AUTOMATION_EVERY_S", "0"), ("MEDALLION_AUTOMATION_EVERY_S", "2.5")],
 )  # fmt: skip
 def test_an_unusable_setting_is_refused_with_its_name(monkeypatch, name, value):
