@@ -63,8 +63,9 @@ def build_broker_segments_sensor(streams: tuple[StreamSpec, ...], resources) -> 
         "segments every stream's Bronze has read (skip reasons say what it did).",
     )
     def embedded_broker_segments(context: dg.SensorEvaluationContext):
-        kafka: KafkaResource = tick_resources().kafka
-        lake: LakeResource = tick_resources().lake
+        built = tick_resources()
+        kafka: KafkaResource = built.kafka
+        lake: LakeResource = built.lake
         if kafka.bootstrap_servers:
             return dg.SkipReason("a Kafka cluster is configured (KAFKA_BOOTSTRAP_SERVERS): nothing to keep")
         run_dir = load_settings().run_dir

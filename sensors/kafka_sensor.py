@@ -45,8 +45,9 @@ def build_kafka_sensor(spec: StreamSpec, job, resources, max_records_per_run: in
     )
     def kafka_sensor(context: dg.SensorEvaluationContext):
         instance = tick_instance(context)
-        kafka: KafkaResource = tick_resources().kafka
-        lake: LakeResource = tick_resources().lake
+        built = tick_resources()
+        kafka: KafkaResource = built.kafka
+        lake: LakeResource = built.lake
         try:
             parts = kafka.partitions(spec.topic)
         except KafkaUnavailableError as exc:
